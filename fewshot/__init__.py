@@ -1,0 +1,1 @@
+"""Few-shot examples (JSONL) shipped as package data."""

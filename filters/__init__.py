@@ -1,0 +1,1 @@
+"""Filters: small named row predicates with a reason string, run as a chain by the runner."""

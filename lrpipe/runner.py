@@ -1,0 +1,219 @@
+"""The runner: owns partitioning, resume, progress, writing and accounting, so a stage is only its
+transformation (datatrove's split between steps and executors).
+
+Two kinds of stage:
+
+* :class:`MapStage` — ``process(unit)`` returns the unit's kept and rejected rows (filters, format
+  conversion).
+* :class:`GenerationStage` — ``requests(unit)`` yields engine requests for a unit and
+  ``finalize(unit, results)`` turns the results into kept and rejected rows. The runner streams the
+  requests of *all* of this rank's pending units into the engine as one lazy iterator and commits each
+  unit the moment its last result arrives, so the engine is never drained between units.
+
+A unit is the smallest thing redone after a crash; units are deterministic (input shard × row range,
+or Magpie cell × chunk) and rank ``r`` of ``w`` takes units ``index % w == r``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from lrpipe.engines.base import Engine, GenRequest, GenResult
+from lrpipe.shards import ShardDir, UnitSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UnitOutput:
+    kept: pa.Table
+    rejected: pa.Table | None
+    rows_in: int
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class Stage:
+    """Common part of all stages: a name, the config that determines the output, the inputs, a plan."""
+
+    name: str = "stage"
+
+    def config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def inputs(self) -> list[dict[str, Any]]:
+        return []
+
+    def provenance(self) -> dict[str, Any]:
+        return {}
+
+    def plan(self) -> list[UnitSpec]:
+        raise NotImplementedError
+
+    def unit_size(self, unit: UnitSpec) -> int:
+        """Rows (or requests) in a unit, for the progress bar; 0 when unknown."""
+        return int(unit.params.get("rows", 0))
+
+
+class MapStage(Stage):
+    def process(self, unit: UnitSpec) -> UnitOutput:
+        raise NotImplementedError
+
+
+class GenerationStage(Stage):
+    def requests(self, unit: UnitSpec) -> tuple[Any, list[GenRequest]]:
+        """Return a context (kept until the unit is finalized) and the unit's requests. Request keys
+        must be unique within the unit; the runner wraps them with the unit index."""
+        raise NotImplementedError
+
+    def finalize(self, unit: UnitSpec, context: Any, results: dict[Any, GenResult]) -> UnitOutput:
+        raise NotImplementedError
+
+
+def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Explicit flags win; then torchrun (RANK/WORLD_SIZE), Slurm arrays, Slurm tasks."""
+    if rank is not None or world_size is not None:
+        r, w = rank or 0, world_size or 1
+    elif "WORLD_SIZE" in os.environ and "RANK" in os.environ:
+        r, w = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    elif "SLURM_ARRAY_TASK_ID" in os.environ and "SLURM_ARRAY_TASK_COUNT" in os.environ:
+        r = int(os.environ["SLURM_ARRAY_TASK_ID"]) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+        w = int(os.environ["SLURM_ARRAY_TASK_COUNT"])
+    elif "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
+        r, w = int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
+    else:
+        r, w = 0, 1
+    if w < 1 or not 0 <= r < w:
+        raise ValueError(f"invalid rank {r} for world size {w}")
+    return r, w
+
+
+@dataclass
+class RunReport:
+    out: str
+    units_total: int
+    units_done_before: int
+    units_done_now: int
+    rows_out: int
+    rows_rejected: int
+    complete: bool
+    seconds: float
+    output_tokens: int = 0
+
+
+class _Progress:
+    """tqdm bar with rows/s and output tokens/s; silent when not a terminal unless forced."""
+
+    def __init__(self, total: int, desc: str, enabled: bool) -> None:
+        self.t0 = time.time()
+        self.tokens = 0
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total or None, desc=desc, unit="row", dynamic_ncols=True, mininterval=1.0)
+
+    def update(self, rows: int, tokens: int = 0) -> None:
+        self.tokens += tokens
+        if self.bar is not None:
+            self.bar.update(rows)
+            dt = max(time.time() - self.t0, 1e-9)
+            if self.tokens:
+                self.bar.set_postfix_str(f"{self.tokens / dt:,.0f} out tok/s", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_stage(stage: Stage, out: str | os.PathLike[str], *, engine: Engine | None = None,
+              rank: int | None = None, world_size: int | None = None, overwrite: bool = False,
+              progress: bool | None = None) -> RunReport:
+    """Run (or resume) ``stage`` into the shard directory ``out`` for this rank."""
+    r, w = resolve_rank(rank, world_size)
+    plan = stage.plan()
+    if len({u.index for u in plan}) != len(plan):
+        raise ValueError(f"stage {stage.name}: duplicate unit indices in plan")
+    shard = ShardDir.create(out, stage=stage.name, config=stage.config(), plan=plan, inputs=stage.inputs(),
+                            provenance=stage.provenance(), overwrite=overwrite, world_size=w)
+    mine = [u for u in plan if u.index % w == r]
+    shard.cleanup_temporaries(owned={u.index for u in mine})
+    done = shard.done_indices()
+    todo = [u for u in mine if u.index not in done]
+    t0 = time.time()
+    if progress is None:
+        progress = os.isatty(2)
+    bar = _Progress(sum(stage.unit_size(u) for u in todo), f"{stage.name} [{r}/{w}]", progress)
+    log.info("%s: %d units planned, %d for rank %d/%d, %d already done", stage.name, len(plan), len(mine), r, w,
+             len(mine) - len(todo))
+    rows_out = rows_rej = 0
+    try:
+        if isinstance(stage, GenerationStage):
+            if engine is None:
+                raise ValueError(f"stage {stage.name} needs an engine")
+            outputs = _run_generation(stage, todo, engine, bar)
+        elif isinstance(stage, MapStage):
+            outputs = ((u, stage.process(u)) for u in todo)
+        else:  # pragma: no cover
+            raise TypeError(type(stage))
+        for unit, res in outputs:
+            rec = shard.write_unit(unit, res.kept, res.rejected, res.rows_in, res.stats)
+            shard.refresh_manifest()
+            rows_out += rec.rows_out
+            rows_rej += rec.rows_rejected
+            if not isinstance(stage, GenerationStage):
+                bar.update(res.rows_in)
+    finally:
+        bar.close()
+    manifest = shard.refresh_manifest()
+    return RunReport(out=str(out), units_total=len(plan), units_done_before=len(mine) - len(todo),
+                     units_done_now=len(todo), rows_out=rows_out, rows_rejected=rows_rej,
+                     complete=bool(manifest["complete"]), seconds=time.time() - t0, output_tokens=bar.tokens)
+
+
+def _run_generation(stage: GenerationStage, units: list[UnitSpec], engine: Engine,
+                    bar: _Progress) -> Iterator[tuple[UnitSpec, UnitOutput]]:
+    """Stream every unit's requests into one engine call; yield each unit when its last result is in."""
+    contexts: dict[int, Any] = {}
+    expected: dict[int, int] = {}
+    results: dict[int, dict[Any, GenResult]] = {}
+    by_index = {u.index: u for u in units}
+    ready: list[int] = []
+
+    def request_stream() -> Iterator[GenRequest]:
+        for u in units:
+            ctx, reqs = stage.requests(u)
+            contexts[u.index] = ctx
+            expected[u.index] = len(reqs)
+            results[u.index] = {}
+            if not reqs:
+                ready.append(u.index)
+            for q in reqs:
+                yield GenRequest(key=(u.index, q.key), prompt=q.prompt, sampling=q.sampling, group=u.index)
+
+    def finish(idx: int) -> tuple[UnitSpec, UnitOutput]:
+        u = by_index[idx]
+        out = stage.finalize(u, contexts.pop(idx), results.pop(idx))
+        expected.pop(idx)
+        return u, out
+
+    for res in engine.generate(request_stream()):
+        idx, key = res.key
+        res.key = key
+        results[idx][key] = res
+        bar.update(1, res.output_tokens)
+        while ready:
+            yield finish(ready.pop())
+        if len(results[idx]) == expected[idx]:
+            yield finish(idx)
+    while ready:
+        yield finish(ready.pop())
+    if expected:
+        missing = {by_index[i].name: expected[i] - len(results.get(i, {})) for i in expected}
+        raise RuntimeError(f"engine returned no result for some requests: {missing}")

@@ -1,0 +1,1 @@
+"""Pipelines: stages that turn sources into shard directories (Magpie sampling, filtering, translation)."""
