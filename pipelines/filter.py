@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import lrpipe.filters.basic  # noqa: F401  (registers the built-in filters)
 import pyarrow as pa
-from lrpipe.filters.base import Filter, build_filter
 
+import lrpipe.filters.basic  # noqa: F401  (registers the built-in filters)
+from lrpipe.filters.base import Filter, build_filter
 from lrpipe.runner import MapStage, UnitOutput
 from lrpipe.shards import REJECT_DETAIL, REJECT_REASON, UnitSpec
 from lrpipe.sources import Source

@@ -8,6 +8,8 @@ import time
 
 import datasets
 import pytest
+
+from lrpipe.errors import InputError
 from lrpipe.pipelines.magpie import (
     CATEGORIES,
     MagpieConfig,
@@ -17,8 +19,6 @@ from lrpipe.pipelines.magpie import (
     run_magpie,
     spread,
 )
-
-from lrpipe.errors import InputError
 from lrpipe.shards import ShardDir
 
 from .conftest import PIPE

@@ -58,6 +58,11 @@ class VLLMEngine(Engine):
                 dtype = "bfloat16" if cpu_supports_bf16() else "float32"
             if enforce_eager is None:
                 enforce_eager = True  # torch.compile warm-up costs minutes on CPU for no gain on small models
+            # vLLM's CPU runner rewinds a request's torch.Generator when a chunked prefill step discards
+            # its sample, which CPU generators cannot do ("CPU Generator does not use offset"): every
+            # seeded request would crash the engine. Whole-prompt prefill avoids the rewind.
+            kwargs.setdefault("enable_chunked_prefill", False)
+            kwargs.setdefault("max_num_batched_tokens", max(8192, max_model_len or 0))
         from vllm import LLM
 
         args: dict[str, Any] = dict(model=model, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
