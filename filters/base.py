@@ -28,7 +28,9 @@ class Filter:
         return self.name
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "field": self.field, **self.params}
+        """What determines the filter's verdicts (operational knobs such as polling are left out)."""
+        skip = {"poll_seconds", "wait_timeout"}
+        return {"name": self.name, "field": self.field, **{k: v for k, v in self.params.items() if k not in skip}}
 
     def keep(self, row: dict[str, Any]) -> Verdict:
         raise NotImplementedError

@@ -106,8 +106,12 @@ def run_magpie_cmd(
             raise PipeError(f"invalid options: {e}") from e
         eng, model_id = _engine(engine, model, tp, max_model_len, gpu_memory_utilization, batch_size, base_url,
                                 dtype, max_num_seqs)
-        reports = run_magpie(cfg, out, eng, model_id=model_id, steps=step_list, rank=rank, world_size=world_size,
-                             overwrite=overwrite, progress=progress, prompts_dir=prompts_dir)
+        try:
+            reports = run_magpie(cfg, out, eng, model_id=model_id, steps=step_list, rank=rank,
+                                 world_size=world_size, overwrite=overwrite, progress=progress,
+                                 prompts_dir=prompts_dir)
+        finally:
+            eng.close()
     except PipeError as e:
         _fail(e)
     for step, rep in reports.items():
@@ -124,8 +128,10 @@ def run_magpie_cmd(
 def filter_cmd(
     input: str = typer.Option(..., "--input", help="Shard directory, local file(s) or hf://id."),
     out: Path = typer.Option(..., help="Output shard directory."),
-    filters: str = typer.Option("empty,unfinished", help="Comma-separated filter chain."),
-    field: str = typer.Option("instruction", help="Field the text filters look at."),
+    filters: str = typer.Option("empty,unfinished", help="Comma-separated filter chain, in order."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file with a 'filters:' list (names or "
+                                       "{name: ..., param: ...} mappings); replaces --filters."),
+    field: str = typer.Option("instruction", help="Field the text filters look at (unless the YAML says)."),
     rows_per_unit: int = typer.Option(10000),
     rank: int | None = typer.Option(None),
     world_size: int | None = typer.Option(None),
@@ -133,14 +139,16 @@ def filter_cmd(
     progress: bool | None = typer.Option(None, "--progress/--no-progress"),
 ) -> None:
     """Run a filter chain: kept rows to data/, removed rows to rejected/ with their reason."""
-    from lrpipe.pipelines.filter import FilterStage
+    from lrpipe.pipelines.filter import FilterStage, load_chain
     from lrpipe.runner import run_stage
     from lrpipe.sources import open_source
 
     try:
         src = open_source(input, rows_per_unit=rows_per_unit)
-        src.require([field])
-        stage = FilterStage(src, [{"name": f.strip(), "field": field} for f in filters.split(",") if f.strip()])
+        chain = load_chain(config, field) if config else [
+            {"name": f.strip(), "field": field} for f in filters.split(",") if f.strip()]
+        src.require(sorted({c.get("field", field) for c in chain if isinstance(c.get("field", field), str)}))
+        stage = FilterStage(src, chain)
         rep = run_stage(stage, out, rank=rank, world_size=world_size, overwrite=overwrite, progress=progress)
     except PipeError as e:
         _fail(e)

@@ -56,6 +56,10 @@ class Stage:
     def plan(self) -> list[UnitSpec]:
         raise NotImplementedError
 
+    def prepare(self, shard: ShardDir, rank: int, world_size: int) -> None:
+        """Work that must see the whole input before units are processed (global dedup). Runs after
+        the output directory is opened; must be resumable and safe to run on every rank."""
+
     def unit_size(self, unit: UnitSpec) -> int:
         """Rows (or requests) in a unit, for the progress bar; 0 when unknown."""
         return int(unit.params.get("rows", 0))
@@ -144,6 +148,7 @@ def run_stage(stage: Stage, out: str | os.PathLike[str], *, engine: Engine | Non
                             provenance=stage.provenance(), overwrite=overwrite, world_size=w)
     mine = [u for u in plan if u.index % w == r]
     shard.cleanup_temporaries(owned={u.index for u in mine})
+    stage.prepare(shard, r, w)
     done = shard.done_indices()
     todo = [u for u in mine if u.index not in done]
     t0 = time.time()

@@ -29,6 +29,7 @@ import os
 import shutil
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,7 +59,8 @@ def part_name(index: int) -> str:
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a private temporary name, fsync, then rename: readers see all or nothing."""
-    tmp = path.with_name(f".{path.name}.tmp.{socket.gethostname()}.{os.getpid()}")
+    # Unique per host, process and call: ranks may share a filesystem, a pid, or (threads) a process.
+    tmp = path.with_name(f".{path.name}.tmp.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
@@ -196,7 +198,7 @@ class ShardDir:
         return sd
 
     def clear(self) -> None:
-        for name in ("data", "rejected", "units"):
+        for name in ("data", "rejected", "units", ".work"):
             shutil.rmtree(self.path / name, ignore_errors=True)
         for name in (HEADER, MANIFEST, ".lock"):
             with contextlib.suppress(FileNotFoundError):

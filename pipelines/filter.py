@@ -1,17 +1,76 @@
-"""Filter chain stage: one unit per input part, each row kept or rejected with the first failing
-filter's reason (filters run in the order given)."""
+"""Filter chain stage: one unit per input unit; each row is kept or rejected with the reason of the
+first filter (in chain order) that removes it. Global filters (``dedup``) first run their own
+resumable pre-pass over the whole input (``prepare``), seeing only rows that survive the filters
+before them in the chain."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 import lrpipe.filters.basic  # noqa: F401  (registers the built-in filters)
+import lrpipe.filters.dedup  # noqa: F401
+import lrpipe.filters.repetition  # noqa: F401
 from lrpipe.filters.base import Filter, build_filter
 from lrpipe.runner import MapStage, UnitOutput
-from lrpipe.shards import REJECT_DETAIL, REJECT_REASON, UnitSpec
+from lrpipe.shards import REJECT_DETAIL, REJECT_REASON, ShardDir, UnitSpec
 from lrpipe.sources import Source
+
+
+def load_chain(path: str | Path, default_field: str = "instruction") -> list[dict[str, Any]]:
+    """Read a YAML chain (``filters:`` list of names or mappings), validated with errors naming the file."""
+    import yaml
+
+    from lrpipe.errors import InputError
+    from lrpipe.filters.base import REGISTRY
+
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError as e:
+        raise InputError("file not found", path=str(path)) from e
+    except yaml.YAMLError as e:
+        raise InputError(f"invalid YAML ({e})", path=str(path)) from e
+    items = doc.get("filters") if isinstance(doc, dict) else None
+    if not isinstance(items, list) or not items:
+        raise InputError("expected a non-empty 'filters:' list", path=str(path), field="filters")
+    chain = []
+    for i, item in enumerate(items):
+        spec = {"name": item} if isinstance(item, str) else dict(item) if isinstance(item, dict) else None
+        if spec is None or spec.get("name") not in REGISTRY:
+            raise InputError(f"filters[{i}]: unknown filter {item!r}; available: {', '.join(sorted(REGISTRY))}",
+                             path=str(path), field="filters")
+        spec.setdefault("field", default_field)
+        chain.append(spec)
+    return chain
+
+
+def apply_chain(table: pa.Table, filters: list[Filter]) -> tuple[list[int], dict[int, tuple[str, str]]]:
+    """Indices of surviving rows, and (reason, detail) of every removed row."""
+    alive = list(range(table.num_rows))
+    reasons: dict[int, tuple[str, str]] = {}
+    for f in filters:
+        if not alive:
+            break
+        verdicts = f.keep_batch(table.take(pa.array(alive, pa.int64())))
+        nxt = []
+        for i, (ok, detail) in zip(alive, verdicts):
+            if ok:
+                nxt.append(i)
+            else:
+                reasons[i] = (f.reason, detail)
+        alive = nxt
+    return alive, reasons
+
+
+def split_rows(table: pa.Table, alive: list[int], reasons: dict[int, tuple[str, str]]) -> UnitOutput:
+    kept = table.take(pa.array(alive, pa.int64()))
+    rej_idx = sorted(reasons)
+    rejected = table.take(pa.array(rej_idx, pa.int64()))
+    rejected = rejected.append_column(REJECT_REASON, pa.array([reasons[i][0] for i in rej_idx], pa.string()))
+    rejected = rejected.append_column(REJECT_DETAIL, pa.array([reasons[i][1] for i in rej_idx], pa.string()))
+    return UnitOutput(kept=kept, rejected=rejected, rows_in=table.num_rows)
 
 
 class FilterStage(MapStage):
@@ -30,25 +89,20 @@ class FilterStage(MapStage):
     def plan(self) -> list[UnitSpec]:
         return self.source.units()
 
+    def prepare(self, shard: ShardDir, rank: int, world_size: int) -> None:
+        for j, f in enumerate(self.filters):
+            if not getattr(f, "is_global", False):
+                continue
+            before = self.filters[:j]
+
+            def survivors(unit: UnitSpec, before: list[Filter] = before) -> pa.Table:
+                table = self.source.read_unit(unit)
+                alive, _ = apply_chain(table, before)
+                return table.take(pa.array(alive, pa.int64()))
+
+            f.prepare(Path(shard.path) / ".work" / f"{j:02d}-{f.name}", self.plan(), survivors, rank, world_size)
+
     def process(self, unit: UnitSpec) -> UnitOutput:
         table = self.source.read_unit(unit)
-        alive = list(range(table.num_rows))
-        reasons: dict[int, tuple[str, str]] = {}
-        for f in self.filters:
-            if not alive:
-                break
-            sub = table.take(pa.array(alive, pa.int64()))
-            verdicts = f.keep_batch(sub)
-            nxt = []
-            for i, (ok, detail) in zip(alive, verdicts):
-                if ok:
-                    nxt.append(i)
-                else:
-                    reasons[i] = (f.reason, detail)
-            alive = nxt
-        kept = table.take(pa.array(alive, pa.int64()))
-        rej_idx = sorted(reasons)
-        rejected = table.take(pa.array(rej_idx, pa.int64()))
-        rejected = rejected.append_column(REJECT_REASON, pa.array([reasons[i][0] for i in rej_idx], pa.string()))
-        rejected = rejected.append_column(REJECT_DETAIL, pa.array([reasons[i][1] for i in rej_idx], pa.string()))
-        return UnitOutput(kept=kept, rejected=rejected, rows_in=table.num_rows)
+        alive, reasons = apply_chain(table, self.filters)
+        return split_rows(table, alive, reasons)

@@ -40,6 +40,7 @@ def vllm_engine(model_path: str):
 
     eng = VLLMEngine(model_path, gpu_memory_utilization=0.15, max_model_len=2048)
     yield eng
+    eng.close()
 
 
 @pytest.fixture()

@@ -45,6 +45,9 @@ class VLLMEngine(Engine):
                  max_num_seqs: int | None = None, max_inflight: int | None = None, seed: int = 0,
                  **kwargs: Any) -> None:
         super().__init__(model)
+        # vLLM logs every engine detail at INFO; a two-day job's log should show our progress. The
+        # user's own VLLM_LOGGING_LEVEL wins.
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         cpu = _on_cpu()
         if cpu:
             # vLLM's CPU backend reserves a core for the frontend by default; on small machines the
@@ -82,6 +85,17 @@ class VLLMEngine(Engine):
         # Keep twice the running batch queued: the scheduler always has the next requests at hand.
         self.max_inflight = max_inflight or 2 * self.max_num_seqs
         self._tokenizer = self.llm.get_tokenizer()
+
+    def close(self) -> None:
+        """Stop the engine-core process now (not at interpreter exit, when logging is already gone)."""
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception:  # pragma: no cover - best effort
+            log.debug("engine shutdown failed", exc_info=True)
+        self.llm = None
 
     def describe(self) -> dict[str, Any]:
         d = {"engine": self.name, "model": self.model}
@@ -137,9 +151,22 @@ class VLLMEngine(Engine):
         # ``enqueue`` returns vLLM's internal ids ("<external>-<random suffix>") while outputs carry the
         # external id; keep both spellings so either finds the request.
         alias: dict[str, str] = {}
-        exhausted = False
         engine = self.llm.llm_engine
         refill_below = max(1, (3 * self.max_inflight) // 4)
+        try:
+            yield from self._drive(it, pending, alias, engine, refill_below)
+        finally:
+            # The consumer stopped early (an exception in the stage, Ctrl-C): abort what is still
+            # queued, so the next call does not pay for orphaned requests.
+            if pending:
+                try:
+                    engine.abort_request(list(pending), internal=True)
+                except Exception:  # pragma: no cover - best effort
+                    log.warning("could not abort %d pending requests", len(pending))
+
+    def _drive(self, it: Iterator[GenRequest], pending: dict[str, GenRequest], alias: dict[str, str],
+               engine: Any, refill_below: int) -> Iterator[GenResult]:
+        exhausted = False
         while True:
             if not exhausted and len(pending) < refill_below:
                 chunk = list(islice(it, self.max_inflight - len(pending)))

@@ -1,0 +1,162 @@
+"""``dedup``: exact duplicates of the normalized text (NFKC, case-folded, whitespace collapsed); the row
+with the smallest id wins, so the result does not depend on unit order, on the number of ranks, or on
+the run.
+
+Dedup is global, so it runs in three resumable phases under the output directory's ``.work/`` folder
+before rows are filtered:
+
+1. **keys** (per input unit, by its owner rank): a 64-bit xxh3 hash of the normalized text of every
+   row that survived the filters before ``dedup`` in the chain, written as one Arrow IPC *file* per
+   unit with one record batch per hash partition (``hash % partitions``).
+2. **resolve** (per partition, partition ``k`` by rank ``k % world_size``): read batch ``k`` of every
+   key file, sort by (hash, id), keep the first of each hash; write the losers with their winner.
+3. **filter** (per unit): a row is rejected when it is a loser, with the winner's id as detail.
+
+Memory is bounded by one partition in phase 2 and by the number of duplicates in phase 3, not by the
+number of rows. Ranks wait for each other between phases (polling the files, which also works across
+nodes on a shared filesystem); with one rank there is nothing to wait for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+
+from lrpipe.filters.base import Filter, register
+from lrpipe.filters.text import normalize
+
+log = logging.getLogger(__name__)
+
+
+def text_hash(values: list[str | None]) -> np.ndarray:
+    import xxhash
+
+    return np.fromiter((xxhash.xxh3_64_intdigest(normalize(v).encode()) for v in values), dtype=np.uint64,
+                       count=len(values))
+
+
+def _atomic_ipc_file(path: Path, batches: list[pa.RecordBatch], schema: pa.Schema) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, schema) as w:
+        for b in batches:
+            w.write_batch(b)
+    os.replace(tmp, path)
+
+
+KEY_SCHEMA = pa.schema([("hash", pa.uint64()), ("id", pa.string()), ("unit", pa.int32())])
+LOSER_SCHEMA = pa.schema([("id", pa.string()), ("unit", pa.int32()), ("winner", pa.string())])
+
+
+@register
+class Dedup(Filter):
+    name = "dedup"
+    is_global = True
+
+    def __init__(self, field: str = "instruction", partitions: int = 64, id_field: str = "id",
+                 wait_timeout: float = 7 * 24 * 3600, poll_seconds: float = 5.0, **params: Any) -> None:
+        super().__init__(field=field, partitions=partitions, id_field=id_field, **params)
+        self.partitions, self.id_field, self.wait_timeout = partitions, id_field, wait_timeout
+        self.poll_seconds = poll_seconds
+        self._losers: dict[str, str] | None = None
+        self.workdir: Path | None = None
+
+    # ------------------------------------------------------------------ phases
+    def prepare(self, workdir: Path, units: list[Any], read_unit: Any, rank: int, world_size: int) -> None:
+        """Run phases 1 and 2 for this rank, waiting for the other ranks where needed.
+
+        ``read_unit(unit)`` returns the unit's rows that reach this filter (earlier filters applied)."""
+        self.workdir = workdir
+        keys_dir, losers_dir = workdir / "keys", workdir / "losers"
+        keys_dir.mkdir(parents=True, exist_ok=True)
+        losers_dir.mkdir(parents=True, exist_ok=True)
+        for u in units:
+            if u.index % world_size != rank:
+                continue
+            path = keys_dir / f"{u.part}.arrow"
+            if path.exists():
+                continue
+            table = read_unit(u)
+            hashes = text_hash(table.column(self.field).to_pylist()) if table.num_rows else np.zeros(0, np.uint64)
+            ids = table.column(self.id_field) if table.num_rows else pa.array([], pa.string())
+            part = hashes % np.uint64(self.partitions)
+            order = np.argsort(part, kind="stable")
+            bounds = np.searchsorted(part[order], np.arange(self.partitions + 1))
+            full = pa.table({"hash": pa.array(hashes[order], pa.uint64()),
+                             "id": pc.take(ids, pa.array(order, pa.int64())).cast(pa.string()),
+                             "unit": pa.array(np.full(len(order), u.index, np.int32))}, schema=KEY_SCHEMA)
+            batches = [full.slice(int(bounds[k]), int(bounds[k + 1] - bounds[k])).to_batches(max_chunksize=None)
+                       for k in range(self.partitions)]
+            _atomic_ipc_file(path, [b[0] if b else pa.RecordBatch.from_pylist([], KEY_SCHEMA) for b in batches],
+                             KEY_SCHEMA)
+        key_files = [keys_dir / f"{u.part}.arrow" for u in units]
+        self._wait(key_files, "dedup keys")
+        for k in range(rank, self.partitions, world_size):
+            out = losers_dir / f"p{k:04d}.arrow"
+            if out.exists():
+                continue
+            parts = []
+            for f in key_files:
+                with pa.memory_map(str(f)) as src:
+                    parts.append(pa.Table.from_batches([ipc.open_file(src).get_batch(k)]))
+            t = pa.concat_tables(parts) if parts else KEY_SCHEMA.empty_table()
+            if t.num_rows:
+                t = t.take(pc.sort_indices(t, sort_keys=[("hash", "ascending"), ("id", "ascending")]))
+                h = t.column("hash").to_numpy()
+                first = np.ones(len(h), dtype=bool)
+                first[1:] = h[1:] != h[:-1]
+                group_start = np.maximum.accumulate(np.where(first, np.arange(len(h)), 0))
+                losers = np.flatnonzero(~first)
+                ids = t.column("id")
+                res = pa.table({"id": pc.take(ids, pa.array(losers, pa.int64())),
+                                "unit": pc.take(t.column("unit"), pa.array(losers, pa.int64())),
+                                "winner": pc.take(ids, pa.array(group_start[losers], pa.int64()))},
+                               schema=LOSER_SCHEMA)
+            else:
+                res = LOSER_SCHEMA.empty_table()
+            _atomic_ipc_file(out, res.to_batches() or [pa.RecordBatch.from_pylist([], LOSER_SCHEMA)], LOSER_SCHEMA)
+        self._wait([losers_dir / f"p{k:04d}.arrow" for k in range(self.partitions)], "dedup partitions")
+
+    def _wait(self, files: list[Path], what: str) -> None:
+        t0 = time.time()
+        while True:
+            missing = [f for f in files if not f.exists()]
+            if not missing:
+                return
+            if time.time() - t0 > self.wait_timeout:
+                raise TimeoutError(f"waited {self.wait_timeout:.0f}s for {len(missing)} {what} files "
+                                   f"(first: {missing[0]}); are all ranks running?")
+            log.info("waiting for %d %s files from other ranks", len(missing), what)
+            time.sleep(self.poll_seconds)
+
+    def _loser_map(self) -> dict[str, str]:
+        if self._losers is None:
+            assert self.workdir is not None, "dedup.prepare() must run before filtering"
+            m: dict[str, str] = {}
+            for f in sorted((self.workdir / "losers").glob("p*.arrow")):
+                with pa.memory_map(str(f)) as src:
+                    t = ipc.open_file(src).read_all()
+                m.update(zip(t.column("id").to_pylist(), t.column("winner").to_pylist()))
+            self._losers = m
+        return self._losers
+
+    # ------------------------------------------------------------------ filtering
+    def keep_batch(self, table: pa.Table) -> list[tuple[bool, str]]:
+        losers = self._loser_map()
+        out = []
+        for rid in table.column(self.id_field).to_pylist():
+            w = losers.get(rid)
+            out.append((True, "") if w is None else (False, f"duplicate of {w}"))
+        return out
+
+    def keep(self, row: dict[str, Any]) -> bool | tuple[bool, str]:
+        w = self._loser_map().get(row[self.id_field])
+        return True if w is None else (False, f"duplicate of {w}")

@@ -1,0 +1,155 @@
+"""Filters: hand-made positives and negatives, edge cases, and dedup across world sizes."""
+
+import threading
+
+import pyarrow as pa
+import pytest
+
+from lrpipe.filters.base import build_filter
+from lrpipe.filters.repetition import Repetition, max_consecutive_repeats, max_ngram_count
+from lrpipe.filters.text import fast_tokens, normalize
+from lrpipe.pipelines.filter import FilterStage
+from lrpipe.runner import run_stage
+from lrpipe.shards import ShardDir
+from lrpipe.sources import FileSource
+
+CODE = "```python\nfor i in range(10):\n    print(i)\n```"
+BASQUE = "Kaixo! Zer moduz zaude? Euskal Herriko hizkuntza da euskara, eta 750.000 hiztun inguru ditu."
+CJK = "你好，世界。今天天气很好。"
+
+
+def _verdicts(f, texts, field="instruction"):
+    return [ok for ok, _ in f.keep_batch(pa.table({field: pa.array(texts, pa.string())}))]
+
+
+def test_normalize_and_tokens():
+    assert normalize("  Ｈｅｌｌｏ\u00a0 WORLD\n\t") == "hello world"
+    assert normalize("Straße") == normalize("STRASSE")
+    assert normalize(None) == "" == normalize("   ")
+    assert fast_tokens("x=x=x") == ["x", "=", "x", "=", "x"]
+    assert fast_tokens("😀😀") == ["😀", "😀"]
+    assert fast_tokens("") == [] and fast_tokens(CJK)[:2] == ["你好", "，"]
+
+
+def test_unfinished_and_empty():
+    unf = build_filter("unfinished")
+    assert _verdicts(unf, ["Translate the following text:", "List three fruits:  \n", "What is 2+2?", "",
+                           "Use a colon: like this", None]) == [False, False, True, True, True, True]
+    empty = build_filter("empty")
+    assert _verdicts(empty, ["", "   \n\t", None, "a", CJK]) == [False, False, False, True, True]
+
+
+@pytest.mark.parametrize("unit", ["ha", "x =", "a b c", "😀", "好。"])
+def test_loop_exceeding_threshold_by_one_is_rejected(unit):
+    f = Repetition(field="instruction")
+    over = "Intro text. " + " ".join([unit] * 101)
+    at = "Intro text. " + " ".join([unit] * 100)
+    v = f.keep_batch(pa.table({"instruction": [over, at]}))
+    assert v[0][0] is False and "101" in v[0][1] or "occurs" in v[0][1]
+    assert v[1] == (True, "")
+
+
+def test_repetition_measures():
+    toks = ["a", "b"] * 50 + ["c"]
+    assert max_consecutive_repeats(toks)[:2] == (50, 2)
+    assert max_ngram_count(["x", "y", "z", "q"] * 5)[0] == 5
+    spread_out = " ".join(f"the cat sat {i}" for i in range(101))  # 3-gram 'the cat sat' 101 times, never adjacent
+    f = Repetition(field="instruction")
+    ok, detail = f.keep_batch(pa.table({"instruction": [spread_out]}))[0]
+    assert not ok and "the cat sat" in detail and "101" in detail
+
+
+def test_repetition_legitimate_long_texts_pass():
+    f = Repetition(field=["instruction", "response"])
+    # 'and' 50k times (far over 100) yet legitimate: no span loops back to back, every 3-gram 10 times
+    long_text = " ".join(f"word{i % 5000} and" for i in range(50_000))
+    mb = ("Lorem ipsum dolor sit amet, " + BASQUE + " ") * 1
+    big = (mb * (1_000_000 // len(mb)))[:1_000_000]
+    rows = pa.table({"instruction": ["", "   ", CODE, CJK, BASQUE, "emoji 😀 party 🎉"],
+                     "response": [long_text, "", None, CJK * 3, BASQUE, "ok"]})
+    v = f.keep_batch(rows)
+    assert [ok for ok, _ in v] == [True] * 6
+    one_mb = f.keep_batch(pa.table({"instruction": [big], "response": ["x"]}))[0]
+    assert one_mb[0] is False  # the same paragraph 7k times is a loop
+
+
+def test_repetition_with_model_tokenizer(model_path):
+    f = Repetition(field="instruction", tokenizer=model_path)
+    v = f.keep_batch(pa.table({"instruction": ["Tell me " + "very " * 150 + "much.", "A normal request."]}))
+    assert v[0][0] is False and "very" in v[0][1] and v[1][0] is True
+
+
+def _dedup_input(tmp_path):
+    rows = []
+    texts = ["Hello world", "hello   WORLD", "Ｈｅｌｌｏ world", "Something else", "something ELSE ",
+             "unique one", "Translate this:", "translate THIS:"]
+    for i in range(60):
+        rows.append({"id": f"r{(i * 37) % 60:03d}", "instruction": texts[i % len(texts)] + ("" if i < 40 else f" {i}")})
+    p = tmp_path / "in.jsonl"
+    import json
+
+    p.write_text("\n".join(json.dumps(r) for r in rows))
+    return p
+
+
+def _run_dedup(src_path, out, world_size):
+    errors = []
+
+    def one(rank):
+        stage = FilterStage(FileSource([str(src_path)], rows_per_unit=7),
+                            [{"name": "unfinished"}, {"name": "dedup", "partitions": 5, "poll_seconds": 0.05,
+                                                      "wait_timeout": 60}])
+        try:
+            run_stage(stage, out, rank=rank, world_size=world_size, progress=False)
+        except Exception as e:  # surfaced below: a dead rank must fail the test, not hang it
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(r,)) for r in range(world_size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    sd = ShardDir.open(out)
+    kept = sorted(sd.read_all().to_pylist(), key=lambda r: r["id"])
+    rej = sorted(sd.read_all(rejected=True).to_pylist(), key=lambda r: r["id"])
+    return kept, rej, sd.manifest()
+
+
+def test_dedup_first_id_wins_identical_across_world_sizes(tmp_path):
+    src = _dedup_input(tmp_path)
+    k1, r1, m1 = _run_dedup(src, tmp_path / "w1", 1)
+    k3, r3, m3 = _run_dedup(src, tmp_path / "w3", 3)
+    assert k1 == k3 and r1 == r3
+    assert m1["totals"]["balanced"] and m3["totals"]["balanced"] and m3["complete"]
+    assert m1["totals"]["rows_in"] == 60
+    by_norm = {}
+    for row in k1:
+        n = normalize(row["instruction"])
+        assert n not in by_norm, "a duplicate survived"
+        by_norm[n] = row["id"]
+    dups = [r for r in r1 if r["reject_reason"] == "dedup"]
+    assert dups
+    for r in dups:
+        winner = r["reject_detail"].removeprefix("duplicate of ")
+        assert winner < r["id"] and by_norm[normalize(r["instruction"])] == winner
+    # the unfinished duplicates are rejected as unfinished, never as duplicates of a rejected row
+    assert all(not r["instruction"].strip().endswith(":") for r in dups)
+
+
+def test_filter_cli_yaml_chain(tmp_path, env):
+    import subprocess
+
+    from .conftest import PIPE
+
+    src = _dedup_input(tmp_path)
+    chain = tmp_path / "chain.yaml"
+    chain.write_text("filters:\n  - name: empty\n  - name: dedup\n    partitions: 3\n  - unfinished\n"
+                     "  - name: repetition\n    field: instruction\n")
+    r = subprocess.run(PIPE + ["filter", "--input", str(src), "--out", str(tmp_path / "o"), "--config", str(chain)],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    m = ShardDir.open(tmp_path / "o").manifest()
+    assert set(m["totals"]["rejected_by_reason"]) == {"dedup", "unfinished"}
+    show = subprocess.run(PIPE + ["show", str(tmp_path / "o")], capture_output=True, text=True, env=env)
+    assert "rejected dedup" in show.stdout and "rejected unfinished" in show.stdout
