@@ -66,7 +66,9 @@ def run_magpie_cmd(
     chunk_size: int = typer.Option(500, help="Rows per work unit (the unit redone after a crash)."),
     seed: int = typer.Option(0, help="Base seed; every request gets its own seed derived from it and its id."),
     steps: str = typer.Option("sample,respond,filter", help="Steps to run."),
-    filters: str = typer.Option("empty,unfinished", help="Filter chain of the filter step."),
+    filters: str = typer.Option("empty,unfinished,dedup,repetition",
+                                help="Filter chain of the filter step (repetition looks at instruction and response); "
+                                     "add ',quality' with a real model to let it judge its instructions."),
     prompts_dir: str | None = typer.Option(None, help="Folder of <category>.j2 system prompts (default: the shipped ones)."),
     tp: int = typer.Option(1, "--tp", help="Tensor parallel size (vLLM), e.g. 4 or 8 for 70B."),
     max_model_len: int | None = typer.Option(None),
@@ -101,7 +103,9 @@ def run_magpie_cmd(
                                categories=w, top_p=top_p, max_tokens=max_tokens, chunk_size=chunk_size, seed=seed,
                                response=ResponseConfig(temperature=response_temperature, top_p=response_top_p,
                                                        max_tokens=response_max_tokens),
-                               filters=[f.strip() for f in filters.split(",") if f.strip()])
+                               filters=[{"name": "repetition", "field": ["instruction", "response"]}
+                                        if f.strip() == "repetition" else f.strip()
+                                        for f in filters.split(",") if f.strip()])
         except ValidationError as e:
             raise PipeError(f"invalid options: {e}") from e
         eng, model_id = _engine(engine, model, tp, max_model_len, gpu_memory_utilization, batch_size, base_url,
@@ -133,13 +137,16 @@ def filter_cmd(
                                        "{name: ..., param: ...} mappings); replaces --filters."),
     field: str = typer.Option("instruction", help="Field the text filters look at (unless the YAML says)."),
     rows_per_unit: int = typer.Option(10000),
+    model: str | None = typer.Option(None, help="Model for engine filters (quality); default: the embedded model."),
+    engine: str | None = typer.Option(None, help="Engine for engine filters: vllm | transformers | openai."),
+    base_url: str | None = typer.Option(None, help="openai engine: server URL."),
     rank: int | None = typer.Option(None),
     world_size: int | None = typer.Option(None),
     overwrite: bool = typer.Option(False),
     progress: bool | None = typer.Option(None, "--progress/--no-progress"),
 ) -> None:
     """Run a filter chain: kept rows to data/, removed rows to rejected/ with their reason."""
-    from lrpipe.pipelines.filter import FilterStage, load_chain
+    from lrpipe.pipelines.filter import load_chain, make_filter_stage
     from lrpipe.runner import run_stage
     from lrpipe.sources import open_source
 
@@ -148,8 +155,16 @@ def filter_cmd(
         chain = load_chain(config, field) if config else [
             {"name": f.strip(), "field": field} for f in filters.split(",") if f.strip()]
         src.require(sorted({c.get("field", field) for c in chain if isinstance(c.get("field", field), str)}))
-        stage = FilterStage(src, chain)
-        rep = run_stage(stage, out, rank=rank, world_size=world_size, overwrite=overwrite, progress=progress)
+        eng = None
+        if any(c.get("name") == "quality" for c in chain):
+            eng, _ = _engine(engine, model, 1, None, None, None, base_url, "auto")
+        try:
+            stage = make_filter_stage(src, chain, eng)
+            rep = run_stage(stage, out, engine=eng, rank=rank, world_size=world_size, overwrite=overwrite,
+                            progress=progress)
+        finally:
+            if eng is not None:
+                eng.close()
     except PipeError as e:
         _fail(e)
     except ValueError as e:

@@ -12,9 +12,11 @@ import pyarrow as pa
 
 import lrpipe.filters.basic  # noqa: F401  (registers the built-in filters)
 import lrpipe.filters.dedup  # noqa: F401
+import lrpipe.filters.quality  # noqa: F401
 import lrpipe.filters.repetition  # noqa: F401
+from lrpipe.engines.base import Engine, GenRequest, GenResult
 from lrpipe.filters.base import Filter, build_filter
-from lrpipe.runner import MapStage, UnitOutput
+from lrpipe.runner import GenerationStage, MapStage, UnitOutput
 from lrpipe.shards import REJECT_DETAIL, REJECT_REASON, ShardDir, UnitSpec
 from lrpipe.sources import Source
 
@@ -106,3 +108,90 @@ class FilterStage(MapStage):
         table = self.source.read_unit(unit)
         alive, reasons = apply_chain(table, self.filters)
         return split_rows(table, alive, reasons)
+
+
+class EngineFilterStage(GenerationStage):
+    """A chain with one engine filter (``quality``): the filters before it run on the unit, the
+    survivors' rating requests stream into the engine with every other unit's, and the filters after
+    it run when the ratings are in. Global filters before it are prepared as in :class:`FilterStage`."""
+
+    name = "filter"
+
+    def __init__(self, source: Source, filters: list[str | dict[str, Any]] | list[Filter], engine: Engine) -> None:
+        self.base = FilterStage(source, filters)
+        self.source, self.filters, self.engine = source, self.base.filters, engine
+        idx = [i for i, f in enumerate(self.filters) if getattr(f, "needs_engine", False)]
+        if len(idx) != 1:
+            raise ValueError("a filter chain may hold at most one engine filter")
+        self.j = idx[0]
+        self.judge = self.filters[self.j]
+
+    def config(self) -> dict[str, Any]:
+        return self.base.config()
+
+    def inputs(self) -> list[dict[str, Any]]:
+        return self.base.inputs()
+
+    def provenance(self) -> dict[str, Any]:
+        return {"engine": self.engine.describe()}
+
+    def plan(self) -> list[UnitSpec]:
+        return self.base.plan()
+
+    def prepare(self, shard: ShardDir, rank: int, world_size: int) -> None:
+        self.base.prepare(shard, rank, world_size)
+
+    def requests(self, unit: UnitSpec) -> tuple[Any, list[GenRequest]]:
+        table = self.source.read_unit(unit)
+        alive, reasons = apply_chain(table, self.filters[:self.j])
+        rows = table.to_pylist()
+        reqs = []
+        for i in alive:
+            for field, ids, sampling in self.judge.requests(rows[i], self.engine.tokenizer):
+                reqs.append(GenRequest(key=(i, field), prompt=ids, sampling=sampling))
+        return (table, alive, reasons), reqs
+
+    def finalize(self, unit: UnitSpec, context: Any, results: dict[Any, GenResult]) -> UnitOutput:
+        table, alive, reasons = context
+        labels = {f: [None] * table.num_rows for f in self.judge.fields}
+        survivors = []
+        for i in alive:
+            verdict = None
+            for f in self.judge.fields:
+                res = results[(i, f)]
+                label = self.judge.parse(res)
+                labels[f][i] = label
+                if label is None and verdict is None:
+                    verdict = ("quality_error", f"{f}: {res.finish_reason} {(res.error or res.text)[:200]!r}")
+                elif label in self.judge.reject_labels and verdict is None:
+                    verdict = ("quality", f"{f} rated {label!r}")
+            if verdict:
+                reasons[i] = verdict
+            else:
+                survivors.append(i)
+        for f in self.judge.fields:
+            col = self.judge.column(f)
+            if col in table.column_names:
+                table = table.drop_columns([col])
+            table = table.append_column(col, pa.array(labels[f], pa.string()))
+        rest = self.filters[self.j + 1:]
+        if rest and survivors:
+            sub = table.take(pa.array(survivors, pa.int64()))
+            keep_local, more = apply_chain(sub, rest)
+            for local, why in more.items():
+                reasons[survivors[local]] = why
+            survivors = [survivors[k] for k in keep_local]
+        out = split_rows(table, survivors, reasons)
+        out.stats = {"output_tokens": sum(r.output_tokens for r in results.values())}
+        return out
+
+
+def make_filter_stage(source: Source, filters: list[str | dict[str, Any]], engine: Engine | None = None
+                      ) -> FilterStage | EngineFilterStage:
+    """The plain stage, or the engine-driven one when the chain holds an engine filter."""
+    built = [build_filter(f) for f in filters]
+    if any(getattr(f, "needs_engine", False) for f in built):
+        if engine is None:
+            raise ValueError("the chain holds an engine filter (quality): pass a model/engine")
+        return EngineFilterStage(source, built, engine)
+    return FilterStage(source, built)

@@ -95,7 +95,12 @@ class MagpieConfig(BaseModel):
     chunk_size: int = Field(500, gt=0)
     seed: int = 0
     response: ResponseConfig = Field(default_factory=ResponseConfig)
-    filters: list[str | dict[str, Any]] = Field(default_factory=lambda: ["empty", "unfinished"])
+    # The study's filters (A.1) are duplicates, repetitive prompts or responses, poor quality (judged by
+    # the model itself) and unfinished instructions. `quality` is not in the default chain: the embedded
+    # 135M model rates every instruction "very poor", which would empty the quickstart. Add it with a
+    # real model (--filters empty,unfinished,dedup,repetition,quality); dedup runs before the judging.
+    filters: list[str | dict[str, Any]] = Field(default_factory=lambda: [
+        "empty", "unfinished", "dedup", {"name": "repetition", "field": ["instruction", "response"]}])
 
     @field_validator("temps")
     @classmethod
@@ -316,7 +321,7 @@ def run_magpie(cfg: MagpieConfig, out: str | Path, engine: Engine, *, model_id: 
     """sample → respond → filter, each a shard directory ``out/<step>``. Each rank only needs the
     upstream units it produced itself (units keep their index from step to step), so ranks never wait
     for each other."""
-    from lrpipe.pipelines.filter import FilterStage
+    from lrpipe.pipelines.filter import make_filter_stage
 
     out = Path(out)
     reports: dict[str, RunReport] = {}
@@ -329,6 +334,7 @@ def run_magpie(cfg: MagpieConfig, out: str | Path, engine: Engine, *, model_id: 
                                        out / "respond", engine=engine, rank=rank, world_size=world_size,
                                        overwrite=overwrite, progress=progress)
     if "filter" in steps:
-        reports["filter"] = run_stage(FilterStage(ShardSource(out / "respond"), cfg.filters), out / "filtered",
-                                      rank=rank, world_size=world_size, overwrite=overwrite, progress=progress)
+        stage = make_filter_stage(ShardSource(out / "respond"), cfg.filters, engine)
+        reports["filter"] = run_stage(stage, out / "filtered", engine=engine, rank=rank, world_size=world_size,
+                                      overwrite=overwrite, progress=progress)
     return reports

@@ -153,3 +153,29 @@ def test_filter_cli_yaml_chain(tmp_path, env):
     assert set(m["totals"]["rejected_by_reason"]) == {"dedup", "unfinished"}
     show = subprocess.run(PIPE + ["show", str(tmp_path / "o")], capture_output=True, text=True, env=env)
     assert "rejected dedup" in show.stdout and "rejected unfinished" in show.stdout
+
+
+def test_quality_filter_labels_every_row_with_the_engine(tmp_path, hf_engine):
+    import json
+
+    from lrpipe.filters.quality import LABELS
+    from lrpipe.pipelines.filter import make_filter_stage
+
+    p = tmp_path / "in.jsonl"
+    rows = [{"id": f"q{i}", "instruction": t} for i, t in enumerate(
+        ["Explain photosynthesis to a ten-year-old.", "asdf qwer", "", "Write a Python function that reverses a list.",
+         "Translate into Basque: good morning"])]
+    p.write_text("\n".join(json.dumps(r) for r in rows))
+    stage = make_filter_stage(FileSource([str(p)], rows_per_unit=2), ["empty", "quality"], hf_engine)
+    rep = run_stage(stage, tmp_path / "o", engine=hf_engine, progress=False)
+    assert rep.complete
+    sd = ShardDir.open(tmp_path / "o")
+    kept, rej = sd.read_all(), sd.read_all(rejected=True)
+    assert kept.num_rows + rej.num_rows == 5 and sd.manifest()["totals"]["balanced"]
+    labels = (kept.column("quality").to_pylist() if kept.num_rows else []) + rej.column("quality").to_pylist()
+    rated = [x for x in labels if x is not None]
+    assert len(rated) == 4 and set(rated) <= set(LABELS)  # the empty row is rejected before rating
+    assert set(rej.column("reject_reason").to_pylist()) <= {"empty", "quality", "quality_error"}
+    for r in rej.to_pylist():
+        if r["reject_reason"] == "quality":
+            assert r["quality"] in ("very poor", "poor")

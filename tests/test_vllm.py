@@ -55,3 +55,21 @@ def test_magpie_all_categories_and_temperatures(tmp_path, vllm_engine):
     assert {r["category"] for r in kept} == set(CATEGORIES) and len(kept) >= 50
     for step in ("sample", "respond", "filtered"):
         assert ShardDir.open(tmp_path / "m" / step).manifest()["totals"]["balanced"]
+
+
+def test_quality_filter_with_vllm_returns_only_the_five_labels(tmp_path, vllm_engine):
+    from lrpipe.filters.quality import LABELS
+    from lrpipe.pipelines.filter import make_filter_stage
+    from lrpipe.runner import run_stage
+    from lrpipe.sources import FileSource
+
+    p = tmp_path / "in.jsonl"
+    p.write_text("\n".join(json.dumps({"id": f"q{i}", "instruction": t, "response": "Sure."}) for i, t in enumerate(
+        ["Explain photosynthesis.", "asdf", "Write a haiku about rain.", "What is 17*23?"])))
+    stage = make_filter_stage(FileSource([str(p)]), [{"name": "quality", "field": ["instruction", "response"]}],
+                              vllm_engine)
+    run_stage(stage, tmp_path / "o", engine=vllm_engine, progress=False)
+    sd = ShardDir.open(tmp_path / "o")
+    tables = [t for t in (sd.read_all(), sd.read_all(rejected=True)) if t.num_rows]
+    got = [x for t in tables for c in ("quality", "response_quality") for x in t.column(c).to_pylist()]
+    assert len(got) == 8 and set(got) <= set(LABELS)
