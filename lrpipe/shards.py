@@ -251,8 +251,14 @@ class ShardDir:
             for f in d.iterdir():
                 if not (f.name.startswith(".") and ".tmp." in f.name):
                     continue
-                if owned is not None and f.name.startswith(".part-"):
-                    if int(f.name[6:11]) not in owned:
+                if f.name.startswith(".part-"):
+                    if owned is not None and int(f.name[6:11]) not in owned:
+                        continue
+                else:
+                    try:
+                        if time.time() - f.stat().st_mtime < 3600:
+                            continue  # a header or manifest another rank may be writing right now
+                    except FileNotFoundError:
                         continue
                 with contextlib.suppress(FileNotFoundError):
                     f.unlink()
