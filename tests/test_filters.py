@@ -179,3 +179,15 @@ def test_quality_filter_labels_every_row_with_the_engine(tmp_path, hf_engine):
     for r in rej.to_pylist():
         if r["reject_reason"] == "quality":
             assert r["quality"] in ("very poor", "poor")
+
+
+def test_length_and_length_ratio():
+    f = build_filter({"name": "length", "min_chars": 3, "max_chars": 10})
+    assert _verdicts(f, ["ab", "  abc  ", "x" * 11, "😀😀😀", None]) == [False, True, False, True, False]
+    big = build_filter({"name": "length", "max_chars": 1_000_000})
+    assert _verdicts(big, ["x" * 1_000_000, "x" * 1_000_001]) == [True, False]
+    r = build_filter({"name": "length-ratio", "field": "eu", "source_field": "en"})
+    t = pa.table({"en": ["Hello world", "Hello world", "", "", BASQUE], "eu": ["Kaixo mundua", "K", "", "x", BASQUE * 3]})
+    v = r.keep_batch(t)
+    assert [ok for ok, _ in v] == [True, False, True, False, False]
+    assert "length ratio" in v[1][1]
