@@ -8,7 +8,6 @@ override ``keep_batch``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -62,6 +61,7 @@ def build_filter(spec: str | dict[str, Any]) -> Filter:
     return REGISTRY[name](**spec)
 
 
-def text_of(row: dict[str, Any], field: str, get: Callable[[Any], str] = lambda v: v or "") -> str:
+def text_of(row: dict[str, Any], field: str) -> str:
+    """The field as text: missing or null is the empty string."""
     v = row.get(field)
-    return get(v) if isinstance(v, str) or v is None else str(v)
+    return "" if v is None else v if isinstance(v, str) else str(v)

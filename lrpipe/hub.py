@@ -11,9 +11,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from lrpipe.errors import InputError, PipeError
 from lrpipe.report import dataset_card
-from lrpipe.shards import ShardDir
+from lrpipe.shards import ShardDir, read_arrow
 
 
 def build_upload_folder(path: str | Path, repo_id: str, dest: str | Path, fmt: str = "parquet",
@@ -37,18 +39,15 @@ def build_upload_folder(path: str | Path, repo_id: str, dest: str | Path, fmt: s
     for split, srcs in splits:
         (dest / "data" / split).mkdir(parents=True, exist_ok=True)
         for f in srcs:
-            from lrpipe.shards import read_arrow
-
-            if read_arrow(f).num_rows == 0:  # the Hub's parquet reader refuses empty files
+            table = read_arrow(f)
+            if table.num_rows == 0:  # the Hub's parquet reader refuses empty files
                 continue
             if fmt == "arrow":
                 target = dest / "data" / split / f.name
                 shutil.copyfile(f, target)
             else:
-                import pyarrow.parquet as pq
-
                 target = dest / "data" / split / (f.stem + ".parquet")
-                pq.write_table(read_arrow(f), target)
+                pq.write_table(table, target)
             files[split].append(str(target.relative_to(dest)))
     (dest / "README.md").write_text(dataset_card(m, repo_id, files))
     (dest / "manifest.json").write_text(json.dumps(m, indent=2, default=str))

@@ -51,9 +51,9 @@ class Source:
         have = self.columns()
         missing = [c for c in columns if c not in have]
         if missing:
+            d = self.describe()
             raise InputError(f"missing column(s) {missing}; the input has {have}",
-                             path=self.describe().get("path") or self.describe().get("hub_id"),
-                             field=missing[0])
+                             path=d.get("path") or d.get("hub_id"), field=missing[0])
 
 
 def normalize_table(table: pa.Table, path: str, row_offset: int = 0) -> pa.Table:

@@ -45,10 +45,6 @@ def test_spread_is_exact_and_fair():
     assert spread(7, [2, 1]) == [5, 2]
 
 
-class _Tok:
-    chat_template = None
-
-
 def test_plan_cells_ids_and_seeds(hf_engine):
     cfg = MagpieConfig(model="m", n=103, chunk_size=4)
     st = SampleStage(cfg, hf_engine, "m")
