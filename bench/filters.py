@@ -11,7 +11,10 @@ filter's own):
   Counter for repetition), run on the first ``--baseline-rows`` rows (pure Python is slow; the ratio is
   of rows per second).
 
-    .venv/bin/python bench/filters.py [--rows 1000000] [--baseline-rows 50000]
+    .venv/bin/python bench/filters.py [--rows 1000000] [--baseline-rows 50000] [--workers 0]
+
+Peak RSS of ours is the parent's peak plus ``workers`` times the largest worker's peak (an upper
+bound on the process tree at any instant).
 
 Last line: ``RESULT filters ratio=<ours/baseline rows/s> target=3 rows_s=... seconds=... peak_rss_mb=...``.
 """
@@ -81,7 +84,7 @@ def generate(out: str, rows: int, seed: int = 0, unit: int = 20000) -> None:
     run_stage(Gen(), out, progress=False)
 
 
-def run_ours(src: str, out: str) -> dict:
+def run_ours(src: str, out: str, workers: int) -> dict:
     from lrpipe.pipelines.filter import FilterStage
     from lrpipe.runner import run_stage
     from lrpipe.sources import ShardSource
@@ -89,7 +92,7 @@ def run_ours(src: str, out: str) -> dict:
     t0 = time.perf_counter()
     stage = FilterStage(ShardSource(src), ["unfinished", "dedup",
                                            {"name": "repetition", "field": ["instruction", "response"]}])
-    rep = run_stage(stage, out, progress=False)
+    rep = run_stage(stage, out, progress=False, workers=workers)
     dt = time.perf_counter() - t0
     return {"rows": rep.rows_out + rep.rows_rejected, "seconds": dt, "kept": rep.rows_out}
 
@@ -138,13 +141,21 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--baseline-rows", type=int, default=50_000)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--workers", type=int, default=0, help="processes for ours (0: every usable core)")
     ap.add_argument("--child", choices=["ours", "baseline"], default=None)
     ap.add_argument("--src", default=None)
     args = ap.parse_args()
     if args.child:
-        res = run_ours(args.src, args.src + ".filtered") if args.child == "ours" else run_baseline(
+        from lrpipe.parallel import default_workers
+
+        workers = args.workers or default_workers()
+        res = run_ours(args.src, args.src + ".filtered", workers) if args.child == "ours" else run_baseline(
             args.src, args.baseline_rows)
-        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        # worst case of the whole process tree: the parent plus every worker at its own peak
+        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        res["peak_rss_mb"] = own + (workers * kids if args.child == "ours" and workers > 1 else 0)
+        res["workers"] = workers if args.child == "ours" else 1
         print(json.dumps(res))
         return
     work = args.workdir or tempfile.mkdtemp(prefix="bench-filters-")
@@ -155,7 +166,8 @@ def main() -> None:
 
     def child(kind: str) -> dict:
         out = subprocess.run([sys.executable, __file__, "--child", kind, "--src", src, "--baseline-rows",
-                              str(args.baseline_rows)], capture_output=True, text=True, check=True)
+                              str(args.baseline_rows), "--workers", str(args.workers)], capture_output=True,
+                             text=True, check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     import shutil
@@ -169,7 +181,8 @@ def main() -> None:
     print(f"baseline: {base['rows']} rows in {base['seconds']:.1f}s = {b_rs:,.0f} rows/s, kept {base['kept']}, "
           f"peak RSS {base['peak_rss_mb']:.0f} MB")
     print(f"RESULT filters ratio={o_rs / b_rs:.2f} target=3 rows={ours['rows']} seconds={ours['seconds']:.1f} "
-          f"rows_s={o_rs:.0f} peak_rss_mb={ours['peak_rss_mb']:.0f} baseline_rows_s={b_rs:.0f}")
+          f"rows_s={o_rs:.0f} peak_rss_mb={ours['peak_rss_mb']:.0f} workers={ours['workers']} "
+          f"baseline_rows_s={b_rs:.0f}")
 
 
 if __name__ == "__main__":

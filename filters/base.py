@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 Verdict = bool | tuple[bool, str]
 
@@ -31,6 +32,11 @@ class Filter:
         skip = {"poll_seconds", "wait_timeout"}
         return {"name": self.name, "field": self.field, **{k: v for k, v in self.params.items() if k not in skip}}
 
+    def reads(self) -> list[str]:
+        """Input columns the filter needs (checked before a run starts, so a typo fails at once)."""
+        fields = getattr(self, "fields", None) or [self.field]
+        return [*fields, *(v for k, v in self.params.items() if k.endswith("_field") and isinstance(v, str))]
+
     def keep(self, row: dict[str, Any]) -> Verdict:
         raise NotImplementedError
 
@@ -43,6 +49,17 @@ class Filter:
 
 
 REGISTRY: dict[str, type[Filter]] = {}
+BUILTIN_MODULES = ("basic", "dedup", "neardup", "repetition", "span_repetition", "language", "quality")
+
+
+def registry() -> dict[str, type[Filter]]:
+    """Every registered filter, the built-in ones imported on first use (so importing one filter
+    module does not pull in the others' dependencies)."""
+    import importlib
+
+    for m in BUILTIN_MODULES:
+        importlib.import_module(f"lrpipe.filters.{m}")
+    return REGISTRY
 
 
 def register(cls: type[Filter]) -> type[Filter]:
@@ -50,18 +67,40 @@ def register(cls: type[Filter]) -> type[Filter]:
     return cls
 
 
-def build_filter(spec: str | dict[str, Any]) -> Filter:
-    """``"unfinished"`` or ``{"name": "unfinished", "field": "instruction", ...}``."""
+def build_filter(spec: str | dict[str, Any] | Filter) -> Filter:
+    """``"unfinished"`` or ``{"name": "unfinished", "field": "instruction", ...}`` (a built filter is
+    returned as is)."""
+    if isinstance(spec, Filter):
+        return spec
     if isinstance(spec, str):
         spec = {"name": spec}
     spec = dict(spec)
     name = spec.pop("name")
-    if name not in REGISTRY:
-        raise ValueError(f"unknown filter '{name}'; available: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name](**spec)
+    known = registry()
+    if name not in known:
+        raise ValueError(f"unknown filter '{name}'; available: {', '.join(sorted(known))}")
+    return known[name](**spec)
 
 
 def text_of(row: dict[str, Any], field: str) -> str:
-    """The field as text: missing or null is the empty string."""
+    """The field as text: missing or null is the empty string; a conversation (a list of messages
+    with ``content``) is its messages' contents joined by blank lines."""
     v = row.get(field)
-    return "" if v is None else v if isinstance(v, str) else str(v)
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, list) and all(isinstance(m, dict) for m in v):
+        return "\n\n".join(str(m.get("content") or "") for m in v)
+    return str(v)
+
+
+def text_column(table: pa.Table, field: str) -> pa.Array:
+    """A column as a string array for vectorized filters, with :func:`text_of`'s conventions (a
+    missing column reads as empty texts)."""
+    if field not in table.column_names:
+        return pa.array([""] * table.num_rows, pa.string())
+    col = table.column(field).combine_chunks()
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        return pc.fill_null(col.cast(pa.string()), "")
+    return pa.array([text_of({field: v}, field) for v in col.to_pylist()], pa.string())

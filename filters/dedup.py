@@ -33,6 +33,7 @@ import pyarrow.ipc as ipc
 
 from lrpipe.filters.base import Filter, register
 from lrpipe.filters.text import normalize
+from lrpipe.parallel import fork_map
 
 log = logging.getLogger(__name__)
 
@@ -56,74 +57,23 @@ KEY_SCHEMA = pa.schema([("hash", pa.uint64()), ("id", pa.string()), ("unit", pa.
 LOSER_SCHEMA = pa.schema([("id", pa.string()), ("unit", pa.int32()), ("winner", pa.string())])
 
 
-@register
-class Dedup(Filter):
-    name = "dedup"
+class GlobalFilter(Filter):
+    """A filter whose verdict on a row depends on other rows: ``prepare`` writes, under ``workdir``,
+    ``losers/*.arrow`` files with an ``id`` column and a ``detail`` (or ``winner``) column; a row is
+    rejected when its id is listed. Ranks coordinate through files only."""
+
     is_global = True
 
-    def __init__(self, field: str = "instruction", partitions: int = 64, id_field: str = "id",
-                 wait_timeout: float = 7 * 24 * 3600, poll_seconds: float = 5.0, **params: Any) -> None:
-        super().__init__(field=field, partitions=partitions, id_field=id_field, **params)
-        self.partitions, self.id_field, self.wait_timeout = partitions, id_field, wait_timeout
-        self.poll_seconds = poll_seconds
+    def __init__(self, field: str = "instruction", id_field: str = "id", wait_timeout: float = 7 * 24 * 3600,
+                 poll_seconds: float = 5.0, **params: Any) -> None:
+        super().__init__(field=field, id_field=id_field, **params)
+        self.id_field, self.wait_timeout, self.poll_seconds = id_field, wait_timeout, poll_seconds
         self._losers: dict[str, str] | None = None
         self.workdir: Path | None = None
 
-    # ------------------------------------------------------------------ phases
-    def prepare(self, workdir: Path, units: list[Any], read_unit: Any, rank: int, world_size: int) -> None:
-        """Run phases 1 and 2 for this rank, waiting for the other ranks where needed.
-
-        ``read_unit(unit)`` returns the unit's rows that reach this filter (earlier filters applied)."""
-        self.workdir = workdir
-        keys_dir, losers_dir = workdir / "keys", workdir / "losers"
-        keys_dir.mkdir(parents=True, exist_ok=True)
-        losers_dir.mkdir(parents=True, exist_ok=True)
-        for u in units:
-            if u.index % world_size != rank:
-                continue
-            path = keys_dir / f"{u.part}.arrow"
-            if path.exists():
-                continue
-            table = read_unit(u)
-            hashes = text_hash(table.column(self.field).to_pylist()) if table.num_rows else np.zeros(0, np.uint64)
-            ids = table.column(self.id_field) if table.num_rows else pa.array([], pa.string())
-            part = hashes % np.uint64(self.partitions)
-            order = np.argsort(part, kind="stable")
-            bounds = np.searchsorted(part[order], np.arange(self.partitions + 1))
-            full = pa.table({"hash": pa.array(hashes[order], pa.uint64()),
-                             "id": pc.take(ids, pa.array(order, pa.int64())).cast(pa.string()),
-                             "unit": pa.array(np.full(len(order), u.index, np.int32))}, schema=KEY_SCHEMA)
-            batches = [full.slice(int(bounds[k]), int(bounds[k + 1] - bounds[k])).to_batches(max_chunksize=None)
-                       for k in range(self.partitions)]
-            _atomic_ipc_file(path, [b[0] if b else pa.RecordBatch.from_pylist([], KEY_SCHEMA) for b in batches],
-                             KEY_SCHEMA)
-        key_files = [keys_dir / f"{u.part}.arrow" for u in units]
-        self._wait(key_files, "dedup keys")
-        for k in range(rank, self.partitions, world_size):
-            out = losers_dir / f"p{k:04d}.arrow"
-            if out.exists():
-                continue
-            parts = []
-            for f in key_files:
-                with pa.memory_map(str(f)) as src:
-                    parts.append(pa.Table.from_batches([ipc.open_file(src).get_batch(k)]))
-            t = pa.concat_tables(parts) if parts else KEY_SCHEMA.empty_table()
-            if t.num_rows:
-                t = t.take(pc.sort_indices(t, sort_keys=[("hash", "ascending"), ("id", "ascending")]))
-                h = t.column("hash").to_numpy()
-                first = np.ones(len(h), dtype=bool)
-                first[1:] = h[1:] != h[:-1]
-                group_start = np.maximum.accumulate(np.where(first, np.arange(len(h)), 0))
-                losers = np.flatnonzero(~first)
-                ids = t.column("id")
-                res = pa.table({"id": pc.take(ids, pa.array(losers, pa.int64())),
-                                "unit": pc.take(t.column("unit"), pa.array(losers, pa.int64())),
-                                "winner": pc.take(ids, pa.array(group_start[losers], pa.int64()))},
-                               schema=LOSER_SCHEMA)
-            else:
-                res = LOSER_SCHEMA.empty_table()
-            _atomic_ipc_file(out, res.to_batches() or [pa.RecordBatch.from_pylist([], LOSER_SCHEMA)], LOSER_SCHEMA)
-        self._wait([losers_dir / f"p{k:04d}.arrow" for k in range(self.partitions)], "dedup partitions")
+    def prepare(self, workdir: Path, units: list[Any], read_unit: Any, rank: int, world_size: int,
+                workers: int = 1) -> None:
+        raise NotImplementedError
 
     def _wait(self, files: list[Path], what: str) -> None:
         t0 = time.time()
@@ -138,25 +88,96 @@ class Dedup(Filter):
             time.sleep(self.poll_seconds)
 
     def _loser_map(self) -> dict[str, str]:
+        """id → reject detail, for every row this filter removes (loaded once per process)."""
         if self._losers is None:
-            assert self.workdir is not None, "dedup.prepare() must run before filtering"
+            assert self.workdir is not None, f"{self.name}.prepare() must run before filtering"
             m: dict[str, str] = {}
-            for f in sorted((self.workdir / "losers").glob("p*.arrow")):
+            for f in sorted((self.workdir / "losers").glob("*.arrow")):
                 with pa.memory_map(str(f)) as src:
                     t = ipc.open_file(src).read_all()
-                m.update(zip(t.column("id").to_pylist(), t.column("winner").to_pylist()))
+                ids = t.column("id").to_pylist()
+                if "detail" in t.column_names:
+                    m.update(zip(ids, t.column("detail").to_pylist()))
+                else:
+                    m.update(zip(ids, (f"duplicate of {w}" for w in t.column("winner").to_pylist())))
             self._losers = m
         return self._losers
 
-    # ------------------------------------------------------------------ filtering
     def keep_batch(self, table: pa.Table) -> list[tuple[bool, str]]:
         losers = self._loser_map()
         out = []
         for rid in table.column(self.id_field).to_pylist():
-            w = losers.get(rid)
-            out.append((True, "") if w is None else (False, f"duplicate of {w}"))
+            d = losers.get(rid)
+            out.append((True, "") if d is None else (False, d))
         return out
 
     def keep(self, row: dict[str, Any]) -> bool | tuple[bool, str]:
-        w = self._loser_map().get(row[self.id_field])
-        return True if w is None else (False, f"duplicate of {w}")
+        d = self._loser_map().get(row[self.id_field])
+        return True if d is None else (False, d)
+
+
+@register
+class Dedup(GlobalFilter):
+    name = "dedup"
+
+    def __init__(self, field: str = "instruction", partitions: int = 64, **params: Any) -> None:
+        super().__init__(field=field, partitions=partitions, **params)
+        self.partitions = partitions
+
+    # ------------------------------------------------------------------ phases
+    def prepare(self, workdir: Path, units: list[Any], read_unit: Any, rank: int, world_size: int,
+                workers: int = 1) -> None:
+        """Run phases 1 and 2 for this rank (over ``workers`` processes), waiting for the other ranks
+        where needed. ``read_unit(unit)`` returns the unit's rows that reach this filter (earlier
+        filters applied)."""
+        self.workdir = workdir
+        keys_dir, losers_dir = workdir / "keys", workdir / "losers"
+        keys_dir.mkdir(parents=True, exist_ok=True)
+        losers_dir.mkdir(parents=True, exist_ok=True)
+        mine = [u for u in units if u.index % world_size == rank and not (keys_dir / f"{u.part}.arrow").exists()]
+        for _ in fork_map(lambda u: self._write_keys(keys_dir / f"{u.part}.arrow", u, read_unit(u)), mine, workers):
+            pass
+        key_files = [keys_dir / f"{u.part}.arrow" for u in units]
+        self._wait(key_files, "dedup keys")
+        parts = [k for k in range(rank, self.partitions, world_size) if not (losers_dir / f"p{k:04d}.arrow").exists()]
+        for _ in fork_map(lambda k: self._resolve(losers_dir / f"p{k:04d}.arrow", k, key_files), parts, workers):
+            pass
+        self._wait([losers_dir / f"p{k:04d}.arrow" for k in range(self.partitions)], "dedup partitions")
+
+    def _write_keys(self, path: Path, unit: Any, table: pa.Table) -> None:
+        """Phase 1 for one unit: hashes of the normalized text, one record batch per partition."""
+        hashes = text_hash(table.column(self.field).to_pylist()) if table.num_rows else np.zeros(0, np.uint64)
+        ids = table.column(self.id_field) if table.num_rows else pa.array([], pa.string())
+        part = hashes % np.uint64(self.partitions)
+        order = np.argsort(part, kind="stable")
+        bounds = np.searchsorted(part[order], np.arange(self.partitions + 1))
+        full = pa.table({"hash": pa.array(hashes[order], pa.uint64()),
+                         "id": pc.take(ids, pa.array(order, pa.int64())).cast(pa.string()),
+                         "unit": pa.array(np.full(len(order), unit.index, np.int32))}, schema=KEY_SCHEMA)
+        batches = [full.slice(int(bounds[k]), int(bounds[k + 1] - bounds[k])).to_batches(max_chunksize=None)
+                   for k in range(self.partitions)]
+        _atomic_ipc_file(path, [b[0] if b else pa.RecordBatch.from_pylist([], KEY_SCHEMA) for b in batches],
+                         KEY_SCHEMA)
+
+    def _resolve(self, out: Path, k: int, key_files: list[Path]) -> None:
+        """Phase 2 for partition ``k``: the smallest id of each hash wins; write the losers."""
+        parts = []
+        for f in key_files:
+            with pa.memory_map(str(f)) as src:
+                parts.append(pa.Table.from_batches([ipc.open_file(src).get_batch(k)]))
+        t = pa.concat_tables(parts) if parts else KEY_SCHEMA.empty_table()
+        if t.num_rows:
+            t = t.take(pc.sort_indices(t, sort_keys=[("hash", "ascending"), ("id", "ascending")]))
+            h = t.column("hash").to_numpy()
+            first = np.ones(len(h), dtype=bool)
+            first[1:] = h[1:] != h[:-1]
+            group_start = np.maximum.accumulate(np.where(first, np.arange(len(h)), 0))
+            losers = np.flatnonzero(~first)
+            ids = t.column("id")
+            res = pa.table({"id": pc.take(ids, pa.array(losers, pa.int64())),
+                            "unit": pc.take(t.column("unit"), pa.array(losers, pa.int64())),
+                            "winner": pc.take(ids, pa.array(group_start[losers], pa.int64()))},
+                           schema=LOSER_SCHEMA)
+        else:
+            res = LOSER_SCHEMA.empty_table()
+        _atomic_ipc_file(out, res.to_batches() or [pa.RecordBatch.from_pylist([], LOSER_SCHEMA)], LOSER_SCHEMA)

@@ -135,8 +135,10 @@ def filter_cmd(
     filters: str = typer.Option("empty,unfinished", help="Comma-separated filter chain, in order."),
     config: Path | None = typer.Option(None, "--config", help="YAML file with a 'filters:' list (names or "
                                        "{name: ..., param: ...} mappings); replaces --filters."),
-    field: str = typer.Option("instruction", help="Field the text filters look at (unless the YAML says)."),
+    field: str | None = typer.Option(None, help="Field every filter looks at (default: each filter's own "
+                                     "default, e.g. instruction for dedup, instruction+response for repetition)."),
     rows_per_unit: int = typer.Option(10000),
+    workers: int = typer.Option(0, help="Processes for the filters (0: every core this process may use)."),
     model: str | None = typer.Option(None, help="Model for engine filters (quality); default: the embedded model."),
     engine: str | None = typer.Option(None, help="Engine for engine filters: vllm | transformers | openai."),
     base_url: str | None = typer.Option(None, help="openai engine: server URL."),
@@ -146,6 +148,8 @@ def filter_cmd(
     progress: bool | None = typer.Option(None, "--progress/--no-progress"),
 ) -> None:
     """Run a filter chain: kept rows to data/, removed rows to rejected/ with their reason."""
+    from lrpipe.filters.base import build_filter
+    from lrpipe.parallel import default_workers
     from lrpipe.pipelines.filter import load_chain, make_filter_stage
     from lrpipe.runner import run_stage
     from lrpipe.sources import open_source
@@ -153,15 +157,16 @@ def filter_cmd(
     try:
         src = open_source(input, rows_per_unit=rows_per_unit)
         chain = load_chain(config, field) if config else [
-            {"name": f.strip(), "field": field} for f in filters.split(",") if f.strip()]
-        src.require(sorted({c.get("field", field) for c in chain if isinstance(c.get("field", field), str)}))
+            {"name": f.strip(), **({"field": field} if field else {})} for f in filters.split(",") if f.strip()]
+        built = [build_filter(c) for c in chain]
+        src.require(sorted({x for f in built for x in f.reads()}))
         eng = None
-        if any(c.get("name") == "quality" for c in chain):
+        if any(getattr(f, "needs_engine", False) for f in built):
             eng, _ = _engine(engine, model, 1, None, None, None, base_url, "auto")
         try:
-            stage = make_filter_stage(src, chain, eng)
+            stage = make_filter_stage(src, built, eng)
             rep = run_stage(stage, out, engine=eng, rank=rank, world_size=world_size, overwrite=overwrite,
-                            progress=progress)
+                            progress=progress, workers=workers or default_workers())
         finally:
             if eng is not None:
                 eng.close()

@@ -26,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from lrpipe.engines.base import Engine, GenRequest, GenResult
+from lrpipe.parallel import fork_map
 from lrpipe.shards import ShardDir, UnitSpec
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ class Stage:
     """Common part of all stages: a name, the config that determines the output, the inputs, a plan."""
 
     name: str = "stage"
+    #: processes for CPU-bound work in ``prepare`` and ``process`` (set by the runner)
+    workers: int = 1
 
     def config(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -138,8 +141,12 @@ class _Progress:
 
 def run_stage(stage: Stage, out: str | os.PathLike[str], *, engine: Engine | None = None,
               rank: int | None = None, world_size: int | None = None, overwrite: bool = False,
-              progress: bool | None = None) -> RunReport:
-    """Run (or resume) ``stage`` into the shard directory ``out`` for this rank."""
+              progress: bool | None = None, workers: int = 1) -> RunReport:
+    """Run (or resume) ``stage`` into the shard directory ``out`` for this rank.
+
+    ``workers > 1`` runs a :class:`MapStage`'s units in that many forked processes (results are
+    still committed one by one, in order, by this process); generation stages ignore it because
+    the engine already uses the hardware."""
     r, w = resolve_rank(rank, world_size)
     plan = stage.plan()
     if len({u.index for u in plan}) != len(plan):
@@ -148,6 +155,7 @@ def run_stage(stage: Stage, out: str | os.PathLike[str], *, engine: Engine | Non
                             provenance=stage.provenance(), overwrite=overwrite, world_size=w)
     mine = [u for u in plan if u.index % w == r]
     shard.cleanup_temporaries(owned={u.index for u in mine})
+    stage.workers = max(1, workers)
     stage.prepare(shard, r, w)
     done = shard.done_indices()
     todo = [u for u in mine if u.index not in done]
@@ -164,7 +172,7 @@ def run_stage(stage: Stage, out: str | os.PathLike[str], *, engine: Engine | Non
                 raise ValueError(f"stage {stage.name} needs an engine")
             outputs = _run_generation(stage, todo, engine, bar)
         elif isinstance(stage, MapStage):
-            outputs = ((u, stage.process(u)) for u in todo)
+            outputs = zip(todo, fork_map(stage.process, todo, stage.workers))
         else:  # pragma: no cover
             raise TypeError(type(stage))
         for unit, res in outputs:

@@ -10,10 +10,6 @@ from typing import Any
 
 import pyarrow as pa
 
-import lrpipe.filters.basic  # noqa: F401  (registers the built-in filters)
-import lrpipe.filters.dedup  # noqa: F401
-import lrpipe.filters.quality  # noqa: F401
-import lrpipe.filters.repetition  # noqa: F401
 from lrpipe.engines.base import Engine, GenRequest, GenResult
 from lrpipe.filters.base import Filter, build_filter
 from lrpipe.runner import GenerationStage, MapStage, UnitOutput
@@ -21,12 +17,14 @@ from lrpipe.shards import REJECT_DETAIL, REJECT_REASON, ShardDir, UnitSpec
 from lrpipe.sources import Source
 
 
-def load_chain(path: str | Path, default_field: str = "instruction") -> list[dict[str, Any]]:
+def load_chain(path: str | Path, default_field: str | None = None) -> list[dict[str, Any]]:
     """Read a YAML chain (``filters:`` list of names or mappings), validated with errors naming the file."""
     import yaml
 
     from lrpipe.errors import InputError
-    from lrpipe.filters.base import REGISTRY
+    from lrpipe.filters.base import registry
+
+    REGISTRY = registry()
 
     try:
         doc = yaml.safe_load(Path(path).read_text())
@@ -43,7 +41,8 @@ def load_chain(path: str | Path, default_field: str = "instruction") -> list[dic
         if spec is None or spec.get("name") not in REGISTRY:
             raise InputError(f"filters[{i}]: unknown filter {item!r}; available: {', '.join(sorted(REGISTRY))}",
                              path=str(path), field="filters")
-        spec.setdefault("field", default_field)
+        if default_field:
+            spec.setdefault("field", default_field)
         chain.append(spec)
     return chain
 
@@ -55,7 +54,8 @@ def apply_chain(table: pa.Table, filters: list[Filter]) -> tuple[list[int], dict
     for f in filters:
         if not alive:
             break
-        verdicts = f.keep_batch(table.take(pa.array(alive, pa.int64())))
+        sub = table if len(alive) == table.num_rows else table.take(pa.array(alive, pa.int64()))
+        verdicts = f.keep_batch(sub)
         nxt = []
         for i, (ok, detail) in zip(alive, verdicts):
             if ok:
@@ -102,7 +102,8 @@ class FilterStage(MapStage):
                 alive, _ = apply_chain(table, before)
                 return table.take(pa.array(alive, pa.int64()))
 
-            f.prepare(Path(shard.path) / ".work" / f"{j:02d}-{f.name}", self.plan(), survivors, rank, world_size)
+            f.prepare(Path(shard.path) / ".work" / f"{j:02d}-{f.name}", self.plan(), survivors, rank, world_size,
+                      workers=self.workers)
 
     def process(self, unit: UnitSpec) -> UnitOutput:
         table = self.source.read_unit(unit)
@@ -139,6 +140,7 @@ class EngineFilterStage(GenerationStage):
         return self.base.plan()
 
     def prepare(self, shard: ShardDir, rank: int, world_size: int) -> None:
+        self.base.workers = self.workers
         self.base.prepare(shard, rank, world_size)
 
     def requests(self, unit: UnitSpec) -> tuple[Any, list[GenRequest]]:
@@ -186,7 +188,7 @@ class EngineFilterStage(GenerationStage):
         return out
 
 
-def make_filter_stage(source: Source, filters: list[str | dict[str, Any]], engine: Engine | None = None
+def make_filter_stage(source: Source, filters: list[str | dict[str, Any] | Filter], engine: Engine | None = None
                       ) -> FilterStage | EngineFilterStage:
     """The plain stage, or the engine-driven one when the chain holds an engine filter."""
     built = [build_filter(f) for f in filters]

@@ -92,15 +92,16 @@ def _dedup_input(tmp_path):
     return p
 
 
-def _run_dedup(src_path, out, world_size):
+DEDUP_CHAIN = [{"name": "unfinished"}, {"name": "dedup", "partitions": 5, "poll_seconds": 0.05, "wait_timeout": 60}]
+
+
+def _run_dedup(src_path, out, world_size, chain=DEDUP_CHAIN, workers=1):
     errors = []
 
     def one(rank):
-        stage = FilterStage(FileSource([str(src_path)], rows_per_unit=7),
-                            [{"name": "unfinished"}, {"name": "dedup", "partitions": 5, "poll_seconds": 0.05,
-                                                      "wait_timeout": 60}])
+        stage = FilterStage(FileSource([str(src_path)], rows_per_unit=7), chain)
         try:
-            run_stage(stage, out, rank=rank, world_size=world_size, progress=False)
+            run_stage(stage, out, rank=rank, world_size=world_size, progress=False, workers=workers)
         except Exception as e:  # surfaced below: a dead rank must fail the test, not hang it
             errors.append(e)
 
@@ -191,3 +192,194 @@ def test_length_and_length_ratio():
     v = r.keep_batch(t)
     assert [ok for ok, _ in v] == [True, False, True, False, False]
     assert "length ratio" in v[1][1]
+
+
+# ------------------------------------------------------------------------------------ near-dup
+NEAR_BASE = [
+    "Explain how photosynthesis converts light energy into chemical energy in plants and why chlorophyll "
+    "matters for this process in green leaves",
+    "Write a Python function that reads a CSV file, removes duplicate rows, sorts the data by date and saves "
+    "the result to a new file",
+    "Describe the main causes of the French Revolution and how they influenced political thought in the rest "
+    "of Europe during the nineteenth century",
+]
+
+
+def _near_input(tmp_path):
+    import json
+
+    rows = []
+    for i in range(45):
+        base = NEAR_BASE[i % 3]
+        k = i // 3
+        if k == 0:
+            text = base
+        elif k < 6:  # the last word changed: about 15 of 17 shingles shared
+            text = base.rsplit(" ", 1)[0] + f" variant{k}"
+        else:  # unrelated texts
+            text = f"Unrelated question number {i} about topic {i * 7} with words {i} {i + 1} {i + 2} and more {i}"
+        rows.append({"id": f"n{(i * 17) % 45:03d}", "instruction": text})
+    p = tmp_path / "near.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows))
+    return p
+
+
+def test_minhash_similarity_and_edge_cases():
+    from lrpipe.filters.neardup import lsh_params, minhash
+
+    a = NEAR_BASE[0]
+    sig = minhash([a, a.upper() + "  ", a.rsplit(" ", 1)[0] + " trees", NEAR_BASE[1], "", None, "two words",
+                   "x" * 1_000_000, BASQUE, CJK, "😀 " * 10, CODE])
+    jac = lambda i, j: float((sig[i] == sig[j]).mean())  # noqa: E731
+    assert jac(0, 1) == 1.0  # normalization: case and spacing do not matter
+    assert 0.6 < jac(0, 2) < 1.0 and jac(0, 3) < 0.2
+    assert (sig[4] == 0xFFFFFFFF).all() and (sig[5] == 0xFFFFFFFF).all()  # no words: no signature
+    assert (sig[6:] != 0xFFFFFFFF).any(axis=1).all()
+    b, r = lsh_params(0.8, 128)
+    assert b * r <= 128 and b > 1
+
+
+def test_near_dup_smallest_id_wins_identical_across_world_sizes(tmp_path):
+    src = _near_input(tmp_path)
+    chain = [{"name": "near-dup", "threshold": 0.7, "poll_seconds": 0.05, "wait_timeout": 60}]
+    k1, r1, m1 = _run_dedup(src, tmp_path / "w1", 1, chain)
+    k3, r3, _ = _run_dedup(src, tmp_path / "w3", 3, chain)
+    k2, r2, _ = _run_dedup(src, tmp_path / "w1p2", 1, chain, workers=2)  # two worker processes
+    assert k1 == k3 == k2 and r1 == r3 == r2 and m1["totals"]["balanced"]
+    assert len(r1) == 15 and {r["reject_reason"] for r in r1} == {"near-dup"}
+    kept_ids = {r["id"] for r in k1}
+    for r in r1:
+        winner = r["reject_detail"].split()[2]
+        assert winner < r["id"] and winner in kept_ids and "Jaccard" in r["reject_detail"]
+    # each base text's family keeps exactly one member; unrelated rows all survive
+    assert sum(1 for r in k1 if r["instruction"].startswith("Unrelated")) == 27
+
+
+# ------------------------------------------------------------------------------- span-repetition
+def _pairs(f, pairs):
+    t = pa.table({"instruction": pa.array([p[0] for p in pairs], pa.string()),
+                  "translation": pa.array([p[1] for p in pairs], pa.string())})
+    return f.keep_batch(t)
+
+
+def test_span_repetition_relative_to_source():
+    f = build_filter({"name": "span-repetition"})
+    src = "Write a short poem about the sea and the wind, with three stanzas."
+    good = "Idatzi itsasoari eta haizeari buruzko poema labur bat, hiru ahapaldirekin."
+    chorus = "la la la " * 30
+    verdicts = _pairs(f, [
+        (src, good),
+        (src, good + " " + "eta haizea " * 40),  # a loop the source does not have
+        (src, good + " " + " ".join(["itsasoa eta haizea dira"] * 12)),  # a 5-token span looped
+        (chorus, chorus.replace("la", "la")),  # repetitive in the source too: kept
+        ("", ""), ("   ", "\n"), (None, None),
+        (CODE, CODE), (CJK, CJK), (BASQUE, BASQUE),
+        (src, "😀" * 50),
+        ("x " * 500_000, "x " * 500_000),  # 1 MB each, equally repetitive
+    ])
+    assert [ok for ok, _ in verdicts] == [True, False, False, True, True, True, True, True, True, True, False, True]
+    assert "'eta haizea' repeated 40 times" in verdicts[1][1]
+    assert "itsasoa eta haizea dira" in verdicts[2][1]
+
+
+def test_span_repetition_ngram_count_threshold():
+    from lrpipe.filters.span_repetition import _flat_codes, batch_max_ngram
+
+    codes, rows, _, _ = _flat_codes(pa.array(["a b c x a b c y a b c", "", "a b"]))
+    count, _ = batch_max_ngram(codes, rows, 3)
+    assert count.tolist() == [3, 0, 0]
+    f = build_filter({"name": "span-repetition", "ratio": 2.0, "min_excess": 10, "max_fraction_increase": 1.0})
+    src = " ".join(f"the big cat {i}." for i in range(5))  # 'the big cat' 5 times
+    at = lambda n: " ".join(f"the big cat {i}." for i in range(n))  # noqa: E731
+    # the limit is max(2 * 5, 5 + 10) = 15: 15 passes, 16 fails
+    assert [ok for ok, _ in _pairs(f, [(src, at(15)), (src, at(16))])] == [True, False]
+
+
+def test_span_repetition_on_conversations():
+    f = build_filter({"name": "span-repetition", "field": "conversation_eu", "source_field": "conversation"})
+    conv = [{"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hello!"}]
+    loop = [{"role": "user", "content": "Esan kaixo."}, {"role": "assistant", "content": "Kaixo! " * 50}]
+    ok = [{"role": "user", "content": "Esan kaixo."}, {"role": "assistant", "content": "Kaixo!"}]
+    t = pa.Table.from_pylist([{"conversation": conv, "conversation_eu": loop},
+                              {"conversation": conv, "conversation_eu": ok}])
+    assert [v for v, _ in f.keep_batch(t)] == [False, True]
+    assert f.reads() == ["conversation_eu", "conversation"]
+
+
+# ------------------------------------------------------------------------------------ language
+@pytest.fixture(scope="module")
+def eu_filter():
+    return build_filter({"name": "language", "field": "t", "language": "eu", "candidates": ["en", "es", "fr"]})
+
+
+def test_language_filter(eu_filter):
+    texts = [
+        BASQUE,
+        "Write a short poem about the sea and the wind, with three stanzas.",
+        "Escribe un poema corto sobre el mar y el viento, con tres estrofas.",
+        "Kaixo",  # too short to judge: kept
+        "", "   ", None, "😀😀😀",
+        "Hona hemen kodea, zerrendako elementu bakoitzaren izena inprimatzen duena:\n" + CODE
+        + "\nfor x in items: print(x.name, x.value, x.total, x.count)",  # code outside fences too
+        "Ikusi https://example.com/very/long/english/path/about/things eta $E = mc^2$ formula ezaguna.",
+        CJK,
+        (BASQUE + " ") * 12_000,  # ~1 MB
+    ]
+    got = _verdicts(eu_filter, texts, field="t")
+    assert got[:10] == [True, False, False, True, True, True, True, True, True, True]
+    assert got[11] is True
+    assert eu_filter.keep_batch(pa.table({"t": [texts[1]]}))[0][1] == "t: detected en, expected eu"
+
+
+def test_language_accepts_codes_and_names():
+    from lrpipe.filters.language import _language
+
+    assert _language("eu") == _language("eus") == _language("basque") == _language("BASQUE")
+    with pytest.raises(ValueError, match="unknown language"):
+        _language("klingon")
+
+
+def _random_words(n_chars, seed=0):
+    import random
+
+    rng = random.Random(seed)
+    syll = ["ka", "ra", "bi", "zu", "te", "lo", "me", "na", "ri", "go", "be", "ta", "ku", "so", "e", "a"]
+    vocab = list({"".join(rng.choices(syll, k=rng.randint(2, 5))) for _ in range(60_000)})
+    out, size = [], 0
+    while size < n_chars:
+        w = rng.choice(vocab)
+        out.append(w)
+        size += len(w) + 1
+    return " ".join(out)[:n_chars]
+
+
+EDGE = {"empty": "", "ws": "  \n\t ", "cjk": CJK, "basque": BASQUE, "emoji": "Zer moduz? 😀🎉👍", "code": CODE,
+        "mb": _random_words(1_000_000), "colon": CODE + "\nExplain this code:"}
+
+
+@pytest.mark.parametrize("spec,rejected", [
+    ("unfinished", {"colon"}),
+    ("empty", {"empty", "ws"}),
+    ({"name": "length", "max_chars": 100_000}, {"empty", "ws", "mb"}),
+    ({"name": "repetition", "field": "instruction"}, set()),
+    ({"name": "span-repetition", "field": "instruction", "source_field": "instruction"}, set()),
+])
+def test_edge_case_battery(spec, rejected):
+    """Every per-row filter on the same edge cases: empty, whitespace-only, CJK, Basque, emoji, code,
+    a legitimate 1 MB text (random words: no loop, no 3-gram over 100) and a text ending in ':'."""
+    f = build_filter(spec)
+    names = list(EDGE)
+    verdicts = f.keep_batch(pa.table({"instruction": [EDGE[k] for k in names]}))
+    assert {k for k, (ok, _) in zip(names, verdicts) if not ok} == rejected
+    assert all(detail for ok, detail in verdicts if not ok), "every rejection explains itself"
+
+
+def test_one_mb_loop_over_threshold_by_one():
+    """A 1 MB text whose only loop is one span repeated 101 times back to back (100 passes)."""
+    f = build_filter("repetition")
+    body = _random_words(999_000, seed=1)
+    over = body + " " + " ".join(["eta beste"] * 101)
+    at = body + " " + " ".join(["eta beste"] * 100)
+    v = f.keep_batch(pa.table({"instruction": [over, at], "response": ["", ""]}))
+    assert v[0][0] is False and "101 times" in v[0][1]
+    assert v[1] == (True, "")
