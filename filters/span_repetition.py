@@ -47,28 +47,32 @@ def _flat_codes(texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, li
 
 
 def batch_max_ngram(codes: np.ndarray, rows: np.ndarray, n_rows: int, n: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: the largest count of any token n-gram, and the flat position of one occurrence (-1 if none)."""
+    """Per row: the largest count of any token n-gram, and the flat position of one occurrence (-1 if none).
+
+    Exact: the n-gram is folded into one integer key a code at a time (renumbering the prefix after
+    each step keeps the key inside int64), prefixed by the row, and counted with one sort."""
     count = np.zeros(n_rows, dtype=np.int64)
     where = np.full(n_rows, -1, dtype=np.int64)
     if len(codes) < n:
         return count, where
-    same_row = rows[n - 1:] == rows[:len(rows) - n + 1]
-    pos = np.flatnonzero(same_row)
+    pos = np.flatnonzero(rows[n - 1:] == rows[:len(rows) - n + 1])
     if not len(pos):
         return count, where
-    # exact key of (row, n-gram): tuples of codes, sorted lexicographically
-    keys = np.stack([rows[pos]] + [codes[pos + j] for j in range(n)], axis=1)
-    order = np.lexsort(keys.T[::-1])
-    k = keys[order]
-    new = np.ones(len(k), dtype=bool)
-    new[1:] = (k[1:] != k[:-1]).any(axis=1)
-    starts = np.flatnonzero(new)
+    width = int(codes.max()) + 1
+    key = rows[pos]
+    for j in range(n):
+        _, key = np.unique(key * width + codes[pos + j], return_inverse=True)
+    key = key.astype(np.int64)
+    order = np.argsort(key, kind="stable")
+    k = key[order]
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
     sizes = np.diff(np.append(starts, len(k)))
-    grp_rows = k[starts, 0]
+    first_pos = pos[order[starts]]
+    grp_rows = rows[first_pos]
     best = np.lexsort((-sizes, grp_rows))
     firsts = best[np.r_[True, grp_rows[best][1:] != grp_rows[best][:-1]]]
     count[grp_rows[firsts]] = sizes[firsts]
-    where[grp_rows[firsts]] = pos[order[starts[firsts]]]
+    where[grp_rows[firsts]] = first_pos[firsts]
     return count, where
 
 
@@ -142,7 +146,13 @@ class SpanRepetition(Filter):
     def keep_batch(self, table: pa.Table) -> list[tuple[bool, str]]:
         out = [(True, "")] * table.num_rows
         for f, s in zip(self.fields, self.sources):
-            tgt, src = self.measure(text_column(table, f)), self.measure(text_column(table, s))
+            tgt = self.measure(text_column(table, f))
+            # the source's measures are never negative, so only these rows can fail: measure their sources
+            need = np.flatnonzero((tgt["gram"] > self.min_excess) | (tgt["frac"] > self.max_inc))
+            src = {"gram": np.zeros(table.num_rows, np.int64), "frac": np.zeros(table.num_rows)}
+            if len(need):
+                m = self.measure(text_column(table.take(pa.array(need)), s))
+                src["gram"][need], src["frac"][need] = m["gram"], m["frac"]
             gram_limit = np.maximum(self.ratio * src["gram"], src["gram"] + self.min_excess)
             bad_gram = tgt["gram"] > gram_limit
             bad_loop = tgt["frac"] - src["frac"] > self.max_inc
