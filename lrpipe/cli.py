@@ -177,6 +177,104 @@ def filter_cmd(
     typer.echo(f"{rep.out}: {rep.rows_out} kept, {rep.rows_rejected} rejected")
 
 
+# ------------------------------------------------------------------------------------------ translate
+@app.command("translate")
+def translate_cmd(
+    recipe: str | None = typer.Argument(None, help="Recipe name (see --list) or a recipe .yaml path."),
+    list_: bool = typer.Option(False, "--list", help="List the recipes with their model, mode and fields."),
+    input: str | None = typer.Option(None, "--input", help="Shard directory, local file(s) or hf://id "
+                                     "(default: the recipe's input)."),
+    out: Path | None = typer.Option(None, help="Output shard directory (with --sample: a folder holding "
+                                    "source/ and translated/)."),
+    model: str | None = typer.Option(None, help="Model (default: the embedded model; the recipe names the "
+                                     "study's model, pass it explicitly on a GPU machine)."),
+    engine: str | None = typer.Option(None, help="vllm (default when installed) | transformers | openai."),
+    base_url: str | None = typer.Option(None, help="openai engine: server URL."),
+    src: str | None = typer.Option(None, "--src", help="Source language code (default: the recipe's)."),
+    tgt: str | None = typer.Option(None, "--tgt", help="Target language code (default: the recipe's)."),
+    fmt: str | None = typer.Option(None, "--format", help="json | text (default: the recipe's)."),
+    retries: int | None = typer.Option(None, help="Retries of a failed translation, each with a new seed."),
+    max_tokens: int | None = typer.Option(None, help="Max tokens of a translation (default: the recipe's)."),
+    batch_size: int | None = typer.Option(None, help="transformers engine: batch size."),
+    sample: int | None = typer.Option(None, help="Translate a seeded subset of this many rows (benchmarks)."),
+    seed: int = typer.Option(0, help="Seed of --sample and of the per-row sampling seeds."),
+    split: str = typer.Option("train", help="Split of an hf:// input."),
+    streaming: bool = typer.Option(False, help="Stream an hf:// input instead of downloading it."),
+    rows_per_unit: int = typer.Option(1000),
+    tp: int = typer.Option(1, "--tensor-parallel-size", "--tp", help="vLLM tensor parallelism (GPUs per model)."),
+    max_model_len: int | None = typer.Option(None),
+    gpu_memory_utilization: float | None = typer.Option(None),
+    max_num_seqs: int | None = typer.Option(None, help="vLLM: concurrent sequences (keep the engine full)."),
+    dtype: str = typer.Option("auto"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Render the first prompts and estimate the job's "
+                                 "input/output tokens; load no model."),
+    rank: int | None = typer.Option(None),
+    world_size: int | None = typer.Option(None),
+    overwrite: bool = typer.Option(False),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress"),
+) -> None:
+    """Translate conversations or question-answer datasets with an LLM, by recipe (SPEC §5)."""
+    from lrpipe.pipelines import translate as tr
+    from lrpipe.runner import run_stage
+    from lrpipe.sources import ShardSource, open_source
+
+    if list_ or recipe is None:
+        for name in tr.list_recipes():
+            r = tr.load_recipe(name)
+            typer.echo(f"{name:12s} {r.mode:10s} {r.kind:12s} {r.source_lang}->{r.target_lang}  "
+                       f"fields={','.join(r.input_columns())}  model={r.model}"
+                       + (f"  sample={r.sample}" if r.sample else ""))
+        if recipe is None and not list_:
+            typer.echo("\nusage: pipe translate RECIPE --input SRC --out DIR")
+        return
+    try:
+        rec = tr.load_recipe(recipe, source_lang=src, target_lang=tgt, format=fmt, retries=retries,
+                             seed=seed if seed else None)
+        if max_tokens:
+            rec.sampling.max_tokens = max_tokens
+        spec = input or rec.input
+        if not spec:
+            raise PipeError(f"recipe {rec.name} names no input: pass --input")
+        source = open_source(spec, split=split, streaming=streaming, rows_per_unit=rows_per_unit)
+        source.require(rec.input_columns())
+        n_sample = sample if sample is not None else None
+        if dry_run:
+            from transformers import AutoTokenizer
+
+            from lrpipe.models import resolve_model
+
+            tok = AutoTokenizer.from_pretrained(resolve_model(model))
+            est = tr.dry_run(source, rec, tok)
+            for i, p in enumerate(est.pop("first_prompts")):
+                typer.echo(f"----- prompt {i} -----\n{p}")
+            typer.echo("----- estimate (whole input) -----")
+            for k, v in est.items():
+                typer.echo(f"{k:30s} {v:,}" if isinstance(v, int) else f"{k:30s} {v}")
+            return
+        if out is None:
+            raise PipeError("--out is required")
+        if n_sample:
+            sampled = out / "source"
+            run_stage(tr.SampleStage(source, rec, n_sample, seed), sampled, rank=rank, world_size=world_size,
+                      overwrite=overwrite, progress=False)
+            source = ShardSource(sampled)
+            out = out / "translated"
+        eng, model_id = _engine(engine, model, tp, max_model_len, gpu_memory_utilization, batch_size, base_url,
+                                dtype, max_num_seqs)
+        try:
+            rep = run_stage(tr.TranslateStage(source, rec, eng, model_id), out, engine=eng, rank=rank,
+                            world_size=world_size, overwrite=overwrite, progress=progress)
+        finally:
+            eng.close()
+    except PipeError as e:
+        _fail(e)
+    except ValueError as e:
+        _fail(PipeError(str(e)))
+    typer.echo(f"{rep.out}: {rep.rows_out} translated, {rep.rows_rejected} rejected"
+               + ("" if rep.complete else "  [incomplete: other ranks pending]"))
+    typer.echo(f"inspect: pipe show {rep.out}")
+
+
 # ------------------------------------------------------------------------------------------ show / push
 @app.command("show")
 def show_cmd(path: Path = typer.Argument(..., help="A shard directory, or a folder of them (e.g. out/magpie)."),

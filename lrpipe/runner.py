@@ -19,13 +19,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
-from lrpipe.engines.base import Engine, GenRequest, GenResult
+from lrpipe.engines.base import WAIT, Engine, GenRequest, GenResult
 from lrpipe.parallel import fork_map
 from lrpipe.shards import ShardDir, UnitSpec
 
@@ -78,6 +79,12 @@ class GenerationStage(Stage):
         """Return a context (kept until the unit is finalized) and the unit's requests. Request keys
         must be unique within the unit; the runner wraps them with the unit index."""
         raise NotImplementedError
+
+    def review(self, unit: UnitSpec, context: Any, results: dict[Any, GenResult]) -> list[GenRequest]:
+        """Called when every request of a unit so far has its result: return more requests for the
+        unit (retries of failed rows, with new keys and seeds) or nothing to finalize it. The new
+        requests join the engine's stream at once, so retries never stall other units."""
+        return []
 
     def finalize(self, unit: UnitSpec, context: Any, results: dict[Any, GenResult]) -> UnitOutput:
         raise NotImplementedError
@@ -192,14 +199,19 @@ def run_stage(stage: Stage, out: str | os.PathLike[str], *, engine: Engine | Non
 
 def _run_generation(stage: GenerationStage, units: list[UnitSpec], engine: Engine,
                     bar: _Progress) -> Iterator[tuple[UnitSpec, UnitOutput]]:
-    """Stream every unit's requests into one engine call; yield each unit when its last result is in."""
+    """Stream every unit's requests into one engine call; yield each unit when its last result is in
+    and the stage asks for no retries."""
     contexts: dict[int, Any] = {}
     expected: dict[int, int] = {}
     results: dict[int, dict[Any, GenResult]] = {}
     by_index = {u.index: u for u in units}
     ready: list[int] = []
+    retries: deque[GenRequest] = deque()
 
-    def request_stream() -> Iterator[GenRequest]:
+    def wrap(idx: int, q: GenRequest) -> GenRequest:
+        return GenRequest(key=(idx, q.key), prompt=q.prompt, sampling=q.sampling, group=idx)
+
+    def request_stream() -> Iterator[GenRequest | None]:
         for u in units:
             ctx, reqs = stage.requests(u)
             contexts[u.index] = ctx
@@ -208,10 +220,25 @@ def _run_generation(stage: GenerationStage, units: list[UnitSpec], engine: Engin
             if not reqs:
                 ready.append(u.index)
             for q in reqs:
-                yield GenRequest(key=(u.index, q.key), prompt=q.prompt, sampling=q.sampling, group=u.index)
+                while retries:  # retries first: they complete units already in flight
+                    yield retries.popleft()
+                yield wrap(u.index, q)
+        while expected:
+            if retries:
+                yield retries.popleft()
+            elif any(len(results[i]) < expected[i] for i in expected):
+                yield WAIT  # results still to come may bring retries
+            else:
+                break
 
-    def finish(idx: int) -> tuple[UnitSpec, UnitOutput]:
+    def complete(idx: int) -> tuple[UnitSpec, UnitOutput] | None:
+        """The unit's results are all in: queue its retries, or finalize it."""
         u = by_index[idx]
+        more = stage.review(u, contexts[idx], results[idx])
+        if more:
+            expected[idx] += len(more)
+            retries.extend(wrap(idx, q) for q in more)
+            return None
         out = stage.finalize(u, contexts.pop(idx), results.pop(idx))
         expected.pop(idx)
         return u, out
@@ -222,11 +249,17 @@ def _run_generation(stage: GenerationStage, units: list[UnitSpec], engine: Engin
         results[idx][key] = res
         bar.update(1, res.output_tokens)
         while ready:
-            yield finish(ready.pop())
+            done = complete(ready.pop())
+            if done:
+                yield done
         if len(results[idx]) == expected[idx]:
-            yield finish(idx)
+            done = complete(idx)
+            if done:
+                yield done
     while ready:
-        yield finish(ready.pop())
+        done = complete(ready.pop())
+        if done:
+            yield done
     if expected:
         missing = {by_index[i].name: expected[i] - len(results.get(i, {})) for i in expected}
         raise RuntimeError(f"engine returned no result for some requests: {missing}")

@@ -76,6 +76,24 @@ class ScoreResult:
     num_tokens: int
 
 
+WAIT = None
+
+
+def pull(it: Iterator[GenRequest | None], n: int) -> tuple[list[GenRequest], bool]:
+    """Up to ``n`` requests from a stream: (requests, exhausted). A :data:`WAIT` ends the pull early
+    without exhausting the stream."""
+    out: list[GenRequest] = []
+    while len(out) < n:
+        try:
+            q = next(it)
+        except StopIteration:
+            return out, True
+        if q is WAIT:
+            return out, False
+        out.append(q)
+    return out, False
+
+
 class Engine(abc.ABC):
     """Base class. Subclasses implement :meth:`generate` and :meth:`score`."""
 
@@ -95,9 +113,13 @@ class Engine(abc.ABC):
         return self._tokenizer
 
     @abc.abstractmethod
-    def generate(self, requests: Iterable[GenRequest]) -> Iterator[GenResult]:
+    def generate(self, requests: Iterable[GenRequest | None]) -> Iterator[GenResult]:
         """Yield one result per request, as they finish. Never raises for a single bad request: that
-        request gets ``finish_reason="error"`` and its message, so a stage can reject it and go on."""
+        request gets ``finish_reason="error"`` and its message, so a stage can reject it and go on.
+
+        The stream may yield ``None`` (:data:`WAIT`): nothing to submit now, but more requests may
+        follow once results come back (retries that depend on earlier results). Engines then run what
+        they hold and ask again; a stream must only wait while some of its requests are in flight."""
 
     @abc.abstractmethod
     def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from lrpipe.engines.base import Engine, GenRequest, GenResult, ScoreRequest, ScoreResult
+from lrpipe.engines.base import WAIT, Engine, GenRequest, GenResult, ScoreRequest, ScoreResult
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,11 @@ class TransformersEngine(Engine):
         batch: list[GenRequest] = []
         group: Any = _NO_GROUP
         for req in requests:
+            if req is WAIT:  # the stream waits for results: run what we hold
+                if batch:
+                    yield from self._run_batch(batch)
+                    batch = []
+                continue
             if batch and (len(batch) >= self.batch_size or req.group != group):
                 yield from self._run_batch(batch)
                 batch = []

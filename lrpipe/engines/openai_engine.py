@@ -17,10 +17,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from itertools import islice
 from typing import Any
 
-from lrpipe.engines.base import Engine, GenRequest, GenResult, ScoreRequest, ScoreResult
+from lrpipe.engines.base import Engine, GenRequest, GenResult, ScoreRequest, ScoreResult, pull
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +105,12 @@ class OpenAIEngine(Engine):
             exhausted = False
             while True:
                 if not exhausted and len(running) < self.max_concurrency:
-                    chunk = list(islice(it, self.max_concurrency - len(running)))
-                    exhausted = not chunk
+                    chunk, exhausted = pull(it, self.max_concurrency - len(running))
                     running.update(pool.submit(self._one, r) for r in chunk)
                 if not running:
-                    return
+                    if exhausted:
+                        return
+                    continue
                 done, running = wait(running, return_when=FIRST_COMPLETED)
                 for f in done:
                     yield f.result()

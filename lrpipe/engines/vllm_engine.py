@@ -12,10 +12,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator
-from itertools import islice
 from typing import Any
 
-from lrpipe.engines.base import Engine, GenRequest, GenResult, Sampling, ScoreRequest, ScoreResult
+from lrpipe.engines.base import Engine, GenRequest, GenResult, Sampling, ScoreRequest, ScoreResult, pull
 from lrpipe.engines.hf import cpu_supports_bf16
 
 log = logging.getLogger(__name__)
@@ -169,10 +168,8 @@ class VLLMEngine(Engine):
         exhausted = False
         while True:
             if not exhausted and len(pending) < refill_below:
-                chunk = list(islice(it, self.max_inflight - len(pending)))
-                if not chunk:
-                    exhausted = True
-                else:
+                chunk, exhausted = pull(it, self.max_inflight - len(pending))
+                if chunk:
                     queued, errors = self._enqueue(chunk)
                     pending.update(queued)
                     for rid, _ in queued:
