@@ -178,6 +178,17 @@ def filter_cmd(
 
 
 # ------------------------------------------------------------------------------------------ translate
+def _wait_complete(path: Path, complete: bool, poll: float = 5.0) -> None:
+    """Several ranks share a --sample: each writes its units, then all wait for the whole subset."""
+    import time
+
+    from lrpipe.shards import ShardDir
+
+    while not complete:
+        time.sleep(poll)
+        complete = bool(ShardDir.open(path).refresh_manifest()["complete"])
+
+
 @app.command("translate")
 def translate_cmd(
     recipe: str | None = typer.Argument(None, help="Recipe name (see --list) or a recipe .yaml path."),
@@ -255,10 +266,14 @@ def translate_cmd(
             raise PipeError("--out is required")
         if n_sample:
             sampled = out / "source"
-            run_stage(tr.SampleStage(source, rec, n_sample, seed), sampled, rank=rank, world_size=world_size,
-                      overwrite=overwrite, progress=False)
+            rep = run_stage(tr.SampleStage(source, rec, n_sample, seed), sampled, rank=rank, world_size=world_size,
+                            overwrite=overwrite, progress=False)
+            _wait_complete(sampled, rep.complete)
             source = ShardSource(sampled)
             out = out / "translated"
+        if model is None and rec.model:
+            typer.echo(f"note: translating with the embedded model; recipe {rec.name} was designed for "
+                       f"{rec.model} (pass --model {rec.model})", err=True)
         eng, model_id = _engine(engine, model, tp, max_model_len, gpu_memory_utilization, batch_size, base_url,
                                 dtype, max_num_seqs)
         try:

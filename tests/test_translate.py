@@ -18,7 +18,7 @@ from lrpipe.errors import InputError
 from lrpipe.pipelines import translate as tr
 from lrpipe.runner import run_stage
 from lrpipe.shards import ShardDir
-from lrpipe.sources import FileSource
+from lrpipe.sources import FileSource, ShardSource
 
 from .conftest import PIPE
 
@@ -380,3 +380,23 @@ def test_end_to_end_with_vllm(tmp_path, vllm_engine, recipe, maker):
     for r in sd.read_all(rejected=True).to_pylist():
         if r["reject_reason"] in ("translate_invalid_json", "translate_count_mismatch"):
             assert "cut at max_tokens" in r["reject_detail"], r["reject_detail"]
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_translate_magpie_on_the_output_of_run_magpie(tmp_path, vllm_engine):
+    from lrpipe.pipelines.magpie import MagpieConfig, ResponseConfig, run_magpie
+
+    cfg = MagpieConfig(model="embedded", n=6, max_tokens=48, chunk_size=3, response=ResponseConfig(max_tokens=48))
+    run_magpie(cfg, tmp_path / "m", vllm_engine, model_id="embedded", progress=False)
+    filtered = ShardDir.open(tmp_path / "m" / "filtered")
+    n = filtered.manifest()["totals"]["rows_out"]
+    rec = tr.load_recipe("magpie", retries=1)
+    rec.sampling.max_tokens = 160
+    rep = run_stage(tr.TranslateStage(ShardSource(tmp_path / "m" / "filtered"), rec, vllm_engine, "embedded"),
+                    tmp_path / "eu", engine=vllm_engine, progress=False)
+    assert rep.rows_out + rep.rows_rejected == n
+    sd = ShardDir.open(tmp_path / "eu")
+    assert sd.manifest()["totals"]["balanced"]
+    ids = sorted(sd.read_all().column("id").to_pylist() + sd.read_all(rejected=True).column("id").to_pylist())
+    assert ids == sorted(filtered.read_all().column("id").to_pylist())
