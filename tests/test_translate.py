@@ -329,9 +329,9 @@ def test_cli_list_and_dry_run(tmp_path, env):
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume(tmp_path, env):
-    src = magpie_file(tmp_path / "m.jsonl", n=12)
-    args = ["translate", "magpie", "--input", str(src), "--engine", "transformers", "--batch-size", "4",
-            "--max-tokens", "24", "--retries", "0", "--rows-per-unit", "2", "--no-progress"]
+    src = aokvqa_file(tmp_path / "a.parquet", n=8)
+    args = ["translate", "a-okvqa", "--input", str(src), "--engine", "transformers", "--batch-size", "4",
+            "--max-tokens", "8", "--retries", "0", "--rows-per-unit", "2", "--no-progress"]
     ref = subprocess.run(PIPE + args + ["--out", str(tmp_path / "ref")], capture_output=True, text=True, env=env,
                          timeout=900)
     assert ref.returncode == 0, ref.stderr[-2000:]
@@ -351,10 +351,10 @@ def test_sigkill_mid_run_then_resume(tmp_path, env):
     again = subprocess.run(PIPE + args + ["--out", str(out)], capture_output=True, text=True, env=env, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
     a, b = ShardDir.open(tmp_path / "ref"), ShardDir.open(out)
-    key = lambda r: r["id"]  # noqa: E731
+    key = lambda r: r["question_id"]  # noqa: E731
     assert sorted(a.read_all().to_pylist(), key=key) == sorted(b.read_all().to_pylist(), key=key)
     assert sorted(a.read_all(rejected=True).to_pylist(), key=key) == sorted(b.read_all(rejected=True).to_pylist(), key=key)
-    assert b.manifest()["totals"]["balanced"] and b.manifest()["totals"]["rows_in"] == 12
+    assert b.manifest()["totals"]["balanced"] and b.manifest()["totals"]["rows_in"] == 8
 
 
 # ------------------------------------------------------------------------------------- end to end, vLLM
@@ -366,8 +366,8 @@ def test_end_to_end_with_vllm(tmp_path, vllm_engine, recipe, maker):
     """The embedded 135M model cannot translate to Basque: what matters is that the constrained output
     parses, and that every row ends in data/ or rejected/ with a reason."""
     src = maker(tmp_path / ("in.jsonl" if recipe == "magpie" else "in.parquet"), 3)
-    rec = tr.load_recipe(recipe, retries=1)
-    rec.sampling.max_tokens = 192
+    rec = tr.load_recipe(recipe, retries=1 if recipe == "a-okvqa" else 0)
+    rec.sampling.max_tokens = 96
     stage = tr.TranslateStage(FileSource([str(src)], rows_per_unit=2), rec, vllm_engine, "embedded")
     rep = run_stage(stage, tmp_path / "out", engine=vllm_engine, progress=False)
     sd = ShardDir.open(tmp_path / "out")
@@ -391,8 +391,8 @@ def test_translate_magpie_on_the_output_of_run_magpie(tmp_path, vllm_engine):
     run_magpie(cfg, tmp_path / "m", vllm_engine, model_id="embedded", progress=False)
     filtered = ShardDir.open(tmp_path / "m" / "filtered")
     n = filtered.manifest()["totals"]["rows_out"]
-    rec = tr.load_recipe("magpie", retries=1)
-    rec.sampling.max_tokens = 160
+    rec = tr.load_recipe("magpie", retries=0)
+    rec.sampling.max_tokens = 96
     rep = run_stage(tr.TranslateStage(ShardSource(tmp_path / "m" / "filtered"), rec, vllm_engine, "embedded"),
                     tmp_path / "eu", engine=vllm_engine, progress=False)
     assert rep.rows_out + rep.rows_rejected == n
