@@ -17,6 +17,7 @@ Last two lines: ``RESULT translate-overhead ratio=...`` and ``RESULT translate-c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -71,8 +72,7 @@ def main() -> None:
     class Unconstrained(tr.TranslateStage):
         def _request(self, unit, i, rid, st):  # type: ignore[no-untyped-def]
             q = super()._request(unit, i, rid, st)
-            q.sampling.json_schema = None
-            return q
+            return dataclasses.replace(q, sampling=dataclasses.replace(q.sampling, json_schema=None))
 
     def ours(constrained: bool, tag: str) -> tuple[int, float]:
         cls = tr.TranslateStage if constrained else Unconstrained

@@ -571,8 +571,19 @@ class TranslateStage(GenerationStage):
         self.checker = Checker(recipe)
 
     def config(self) -> dict[str, Any]:
+        import hashlib
+
+        from lrpipe.prompting import prompt_root
+
+        r = self.recipe
+        templates = [(prompt_root() / "translate" / f"{n}.j2").read_text()
+                     for n in (r.system_prompt, r.user_prompt, r.completion_prompt)
+                     if (prompt_root() / "translate" / f"{n}.j2").exists()]
+        digest = hashlib.sha256(json.dumps([self.shots.examples, self.prompts.system, templates], sort_keys=True,
+                                           ensure_ascii=False).encode()).hexdigest()[:16]
+        # shots, system text and templates are in the hash (editing them is a different job), not spelled out
         return {"recipe": self.recipe.model_dump(), "model": self.model_id, "input": self.source.identity(),
-                "fewshot": self.shots.examples, "system": self.prompts.system}
+                "prompt_sha256": digest, "fewshot_examples": len(self.shots.examples)}
 
     def inputs(self) -> list[dict[str, Any]]:
         return [self.source.describe()]
