@@ -290,6 +290,56 @@ def translate_cmd(
     typer.echo(f"inspect: pipe show {rep.out}")
 
 
+# ------------------------------------------------------------------------------------------ mt
+@app.command("mt")
+def mt_cmd(
+    preset: str | None = typer.Argument(None, help="Preset (e.g. cc3m) or a preset .yaml path; optional."),
+    input: str | None = typer.Option(None, "--input", help="Shard directory, local file(s) or hf://id."),
+    out: Path = typer.Option(..., help="Output shard directory."),
+    field: str | None = typer.Option(None, help="Text column to translate (default: the preset's; caption)."),
+    model: str | None = typer.Option(None, help="MarianMT model: HF id or folder (default: HiTZ/mt-hitz-en-eu)."),
+    backend: str | None = typer.Option(None, help="transformers | ctranslate2 (default: ctranslate2 if installed)."),
+    src: str | None = typer.Option(None, "--src"),
+    tgt: str | None = typer.Option(None, "--tgt"),
+    batch_size: int = typer.Option(64, help="Sentences per batch."),
+    device: str | None = typer.Option(None, help="cpu | cuda (default: cuda when available)."),
+    split: str = typer.Option("train", help="Split of an hf:// input."),
+    streaming: bool = typer.Option(False),
+    rows_per_unit: int = typer.Option(10000),
+    rank: int | None = typer.Option(None),
+    world_size: int | None = typer.Option(None),
+    overwrite: bool = typer.Option(False),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress"),
+) -> None:
+    """Sentence-level MT of a text column (captions): Punkt split, each distinct sentence once."""
+    import importlib.util
+
+    from lrpipe.pipelines import mt
+    from lrpipe.runner import run_stage
+    from lrpipe.sources import open_source
+
+    try:
+        p = mt.load_preset(preset) if preset else {}
+        spec = input or p.get("input")
+        if not spec:
+            raise PipeError("pass --input")
+        source = open_source(spec, split=split, streaming=streaming, rows_per_unit=rows_per_unit)
+        col = mt.pick_field(source.columns(), p, field)
+        source.require([col])
+        name = backend or p.get("backend") or (
+            "ctranslate2" if importlib.util.find_spec("ctranslate2") else "transformers")
+        model_id = model or p.get("model") or mt.DEFAULT_MODEL
+        be = mt.make_backend(name, model_id, device, batch_size)
+        stage = mt.MTStage(source, be, col, src or p.get("src", "en"), tgt or p.get("tgt", "eu"), model_id,
+                           p.get("abbreviations"), p.get("max_chars", 1000))
+        rep = run_stage(stage, out, rank=rank, world_size=world_size, overwrite=overwrite, progress=progress)
+    except PipeError as e:
+        _fail(e)
+    except ValueError as e:
+        _fail(PipeError(str(e)))
+    typer.echo(f"{rep.out}: {rep.rows_out} translated, {rep.rows_rejected} rejected")
+
+
 # ------------------------------------------------------------------------------------------ show / push
 @app.command("show")
 def show_cmd(path: Path = typer.Argument(..., help="A shard directory, or a folder of them (e.g. out/magpie)."),
