@@ -39,6 +39,8 @@ class UnitOutput:
     rejected: pa.Table | None
     rows_in: int
     stats: dict[str, Any] = field(default_factory=dict)
+    #: many-to-one stages (packing): input rows that went into ``kept``
+    rows_consumed: int | None = None
 
 
 class Stage:
@@ -183,7 +185,7 @@ def run_stage(stage: Stage, out: str | os.PathLike[str], *, engine: Engine | Non
         else:  # pragma: no cover
             raise TypeError(type(stage))
         for unit, res in outputs:
-            rec = shard.write_unit(unit, res.kept, res.rejected, res.rows_in, res.stats)
+            rec = shard.write_unit(unit, res.kept, res.rejected, res.rows_in, res.stats, res.rows_consumed)
             shard.refresh_manifest()
             rows_out += rec.rows_out
             rows_rej += rec.rows_rejected

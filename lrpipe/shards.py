@@ -124,6 +124,8 @@ class UnitRecord:
     stats: dict[str, Any] = field(default_factory=dict)
     finished_at: float = 0.0
     host: str = ""
+    # many-to-one stages (packing): input rows that went into the kept output rows
+    rows_consumed: int | None = None
 
 
 class ShardDir:
@@ -266,12 +268,16 @@ class ShardDir:
         return n
 
     def write_unit(self, unit: UnitSpec, kept: pa.Table, rejected: pa.Table | None, rows_in: int,
-                   stats: dict[str, Any] | None = None) -> UnitRecord:
-        """Commit one unit: data file, rejected file, then its record (the commit point)."""
+                   stats: dict[str, Any] | None = None, rows_consumed: int | None = None) -> UnitRecord:
+        """Commit one unit: data file, rejected file, then its record (the commit point).
+
+        ``rows_consumed`` is for stages whose output rows are not input rows (packing many documents
+        into one row): the input rows that went into ``kept``; the balance is checked with it."""
         n_rej = 0 if rejected is None else rejected.num_rows
-        if rows_in != kept.num_rows + n_rej:
+        out_rows = kept.num_rows if rows_consumed is None else rows_consumed
+        if rows_in != out_rows + n_rej:
             raise AccountingError(
-                f"unit {unit.name} ({unit.part}): rows in {rows_in} != rows out {kept.num_rows} + "
+                f"unit {unit.name} ({unit.part}): rows in {rows_in} != rows out {out_rows} + "
                 f"rows rejected {n_rej}")
         by_reason: dict[str, int] = {}
         if rejected is not None and n_rej:
@@ -285,7 +291,7 @@ class ShardDir:
             index=unit.index, name=unit.name, status="done", file=f"{unit.part}.arrow",
             rows_in=rows_in, rows_out=kept.num_rows, rows_rejected=n_rej, rejected_by_reason=by_reason,
             checksum="sha256:" + hashlib.sha256(data).hexdigest(), stats=stats or {},
-            finished_at=time.time(), host=socket.gethostname())
+            finished_at=time.time(), host=socket.gethostname(), rows_consumed=rows_consumed)
         rej_path = self.rejected_dir / f"{unit.part}.arrow"
         if rejected is not None and n_rej:
             rdata = table_to_ipc_bytes(rejected)
@@ -328,7 +334,10 @@ class ShardDir:
             "rows_rejected": sum(r.rows_rejected for r in done),
             "rejected_by_reason": dict(sorted(by_reason.items())),
         }
-        totals["balanced"] = totals["rows_in"] == totals["rows_out"] + totals["rows_rejected"]
+        consumed = sum(r.rows_out if r.rows_consumed is None else r.rows_consumed for r in done)
+        if any(r.rows_consumed is not None for r in done):
+            totals["rows_consumed"] = consumed
+        totals["balanced"] = totals["rows_in"] == consumed + totals["rows_rejected"]
         stats: dict[str, Any] = {}
         for r in done:
             for k, v in r.stats.items():

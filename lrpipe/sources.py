@@ -156,11 +156,12 @@ def _rows_to_table(rows: list[Any], path: str) -> pa.Table:
     for i, r in enumerate(rows):
         if not isinstance(r, dict):
             raise InputError(f"expected an object, got {type(r).__name__}", path=path, row=i)
+    # every key of every row (from_pylist alone would take the first row's keys and drop the rest)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
     try:
-        return pa.Table.from_pylist(rows)
+        return pa.table({k: pa.array([r.get(k) for r in rows]) for k in keys})
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         # Mixed types in a column: find the first offending row for the message.
-        keys = sorted({k for r in rows for k in r})
         for k in keys:
             try:
                 pa.array([r.get(k) for r in rows])

@@ -105,3 +105,13 @@ def test_hub_source_reads_a_local_dataset_script_free_repo(tmp_path):
     assert len(units) == 3
     t = s.read_unit(units[2])
     assert t.column("id").to_pylist() == ["r4"] and "conversation" in t.column_names
+
+
+def test_jsonl_rows_with_different_keys_keep_every_column(tmp_path):
+    from lrpipe.sources import FileSource
+
+    p = tmp_path / "mixed.jsonl"
+    p.write_text('{"id": "a", "conversation": [{"role": "user", "content": "hi"}]}\n{"id": "b", "text": "doc"}\n')
+    t = FileSource([str(p)]).read_unit(FileSource([str(p)]).units()[0])
+    assert t.column_names == ["id", "conversation", "text"]
+    assert t.column("text").to_pylist() == [None, "doc"]
