@@ -340,6 +340,46 @@ def mt_cmd(
     typer.echo(f"{rep.out}: {rep.rows_out} translated, {rep.rows_rejected} rejected")
 
 
+# ------------------------------------------------------------------------------------------ pack
+@app.command("pack")
+def pack_cmd(
+    input: str = typer.Option(..., "--input", help="Shard directory, local file(s) or hf://id: rows with a "
+                              "'conversation' (or instruction/response) or a 'text' column."),
+    out: Path = typer.Option(..., help="Output shard directory of packed token rows."),
+    tokenizer: str | None = typer.Option(None, help="The training model's tokenizer (HF id or folder; default: "
+                                         "the embedded model)."),
+    seq_len: int = typer.Option(8192, help="Tokens per packed row."),
+    text_field: str = typer.Option("text", help="Column of corpus documents."),
+    conversation_field: str = typer.Option("conversation", help="Column of conversations."),
+    rows_per_unit: int = typer.Option(10000, help="Rows per unit; packing is best-fit within a unit."),
+    split: str = typer.Option("train"),
+    rank: int | None = typer.Option(None),
+    world_size: int | None = typer.Option(None),
+    overwrite: bool = typer.Option(False),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress"),
+) -> None:
+    """Tokenize (chat template, loss on assistant tokens only) and pack into fixed-length rows."""
+    from transformers import AutoTokenizer
+
+    from lrpipe.models import resolve_model
+    from lrpipe.pipelines.pack import PackStage
+    from lrpipe.runner import run_stage
+    from lrpipe.sources import open_source
+
+    try:
+        path = resolve_model(tokenizer)
+        tok = AutoTokenizer.from_pretrained(path)
+        source = open_source(input, split=split, rows_per_unit=rows_per_unit)
+        stage = PackStage(source, tok, path, seq_len=seq_len, conversation_field=conversation_field,
+                          text_field=text_field)
+        rep = run_stage(stage, out, rank=rank, world_size=world_size, overwrite=overwrite, progress=progress)
+    except PipeError as e:
+        _fail(e)
+    except ValueError as e:
+        _fail(PipeError(str(e)))
+    typer.echo(f"{rep.out}: {rep.rows_out} packed rows, {rep.rows_rejected} rejected   (inspect: pipe show {rep.out})")
+
+
 # ------------------------------------------------------------------------------------------ show / push
 @app.command("show")
 def show_cmd(path: Path = typer.Argument(..., help="A shard directory, or a folder of them (e.g. out/magpie)."),
@@ -357,8 +397,21 @@ def show_cmd(path: Path = typer.Argument(..., help="A shard directory, or a fold
 
             raise InputError("not a shard directory (and holds none)", path=str(path))
         for d in dirs:
-            m = ShardDir.open(d).manifest()
+            sd = ShardDir.open(d)
+            m = sd.manifest()
             typer.echo(json.dumps(m, indent=2, default=str) if as_json else format_manifest(m, str(d), units))
+            if m.get("stage") == "pack" and not as_json and sd.data_files():
+                import pyarrow.ipc as ipc
+                from transformers import AutoTokenizer
+
+                from lrpipe.report import format_packed_row
+
+                with ipc.open_stream(str(sd.data_files()[0])) as r:
+                    first = r.read_next_batch().slice(0, 1).to_pylist()
+                if first:
+                    tok = AutoTokenizer.from_pretrained(m["config"]["tokenizer"])
+                    typer.echo("  first packed row (documents ║, loss ⟦…⟧):")
+                    typer.echo(format_packed_row(first[0], tok))
     except PipeError as e:
         _fail(e)
 

@@ -57,10 +57,15 @@ def end_of_turn(tok: Any) -> str | None:
     """The token string that closes a turn: the one the chat template writes (``<|eot_id|>``,
     ``<|im_end|>``, ...), else EOS."""
     template = tok.chat_template or ""
-    for t in ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>"):
-        if t in template and t in tok.get_vocab():
-            return t
-    return tok.eos_token
+    key = (id(tok), template)
+    if key not in _EOT:
+        vocab = tok.get_vocab()  # slow on large vocabularies: once per tokenizer
+        _EOT[key] = next((t for t in ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>")
+                          if t in template and t in vocab), tok.eos_token)
+    return _EOT[key]
+
+
+_EOT: dict[tuple[int, str], str | None] = {}
 
 
 def assistant_spans(tok: Any, msgs: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:

@@ -161,3 +161,49 @@ def test_pack_stage_invariants_and_world_sizes(tmp_path):
     key = lambda r: r["source_ids"]  # noqa: E731
     assert sorted(sd3.read_all().to_pylist(), key=key) == sorted(rows, key=key)
     assert pack.padding_waste(m["stats"]) < 0.2
+
+
+def _conv_rows(n):
+    return [{"id": f"c{i:05d}", "conversation": [{"role": "user", "content": f"Question {i}: how are you?"},
+                                                  {"role": "assistant", "content": "Fine, thanks. " * (1 + i % 9)}]}
+            for i in range(n)]
+
+
+def test_cli_pack_show_and_kill9_resume(tmp_path, env, model_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from .conftest import PIPE
+
+    src = tmp_path / "c.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in _conv_rows(3000)) + "\n"
+                   + json.dumps({"id": "doc", "text": "A corpus document. " * 300}))
+    args = ["pack", "--input", str(src), "--tokenizer", model_path, "--seq-len", "256", "--rows-per-unit", "30",
+            "--no-progress"]
+    ref = subprocess.run(PIPE + args + ["--out", str(tmp_path / "ref")], capture_output=True, text=True, env=env)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(PIPE + args + ["--out", str(out)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    killed, deadline = False, time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "units").exists() and len(list((out / "units").glob("*.json"))) >= 5:
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert killed, "finished before it could be killed"
+    assert not ShardDir.open(out).manifest()["complete"]
+    again = subprocess.run(PIPE + args + ["--out", str(out)], capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    a, b = ShardDir.open(tmp_path / "ref"), ShardDir.open(out)
+    assert a.read_all().to_pylist() == b.read_all().to_pylist()
+    m = b.manifest()
+    assert m["totals"]["balanced"] and m["totals"]["rows_consumed"] == 3001 and m["stats"]["documents"] > 3001
+    show = subprocess.run(PIPE + ["show", str(out)], capture_output=True, text=True, env=env)
+    assert show.returncode == 0, show.stderr[-2000:]
+    assert "padding waste" in show.stdout and "loss tokens" in show.stdout and "⟦" in show.stdout
+    assert "Fine, thanks." in show.stdout
