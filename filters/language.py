@@ -68,9 +68,6 @@ class LanguageFilter(Filter):
         self.low_accuracy = low_accuracy
         self._detector = None
 
-    def reads(self) -> list[str]:
-        return list(self.fields)
-
     @property
     def detector(self) -> Any:
         """Built lazily, so each worker process loads its own models once and only if needed."""

@@ -248,7 +248,6 @@ def translate_cmd(
             raise PipeError(f"recipe {rec.name} names no input: pass --input")
         source = open_source(spec, split=split, streaming=streaming, rows_per_unit=rows_per_unit)
         source.require(rec.input_columns())
-        n_sample = sample if sample is not None else None
         if dry_run:
             from transformers import AutoTokenizer
 
@@ -264,9 +263,9 @@ def translate_cmd(
             return
         if out is None:
             raise PipeError("--out is required")
-        if n_sample:
+        if sample:
             sampled = out / "source"
-            rep = run_stage(tr.SampleStage(source, rec, n_sample, seed), sampled, rank=rank, world_size=world_size,
+            rep = run_stage(tr.SampleStage(source, rec, sample, seed), sampled, rank=rank, world_size=world_size,
                             overwrite=overwrite, progress=False)
             _wait_complete(sampled, rep.complete)
             source = ShardSource(sampled)

@@ -116,9 +116,6 @@ class TransformersMT(MTBackend):
         self.model = AutoModelForSeq2SeqLM.from_pretrained(self.path, dtype=dtype).to(self.device).eval()
         self.batch_size = batch_size
 
-    def length(self, sentence: str) -> int:
-        return len(sentence)
-
     def translate(self, sentences: list[str]) -> list[str]:
         out: list[str] = []
         for i in range(0, len(sentences), self.batch_size):
