@@ -20,9 +20,6 @@ nodes on a shared filesystem); with one rank there is nothing to wait for.
 from __future__ import annotations
 
 import logging
-import os
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +30,8 @@ import pyarrow.ipc as ipc
 
 from lrpipe.filters.base import Filter, register
 from lrpipe.filters.text import normalize
-from lrpipe.parallel import fork_map
+from lrpipe.parallel import fork_map, wait_for_files
+from lrpipe.shards import atomic_ipc_file as _atomic_ipc_file
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +41,6 @@ def text_hash(values: list[str | None]) -> np.ndarray:
 
     return np.fromiter((xxhash.xxh3_64_intdigest(normalize(v).encode()) for v in values), dtype=np.uint64,
                        count=len(values))
-
-
-def _atomic_ipc_file(path: Path, batches: list[pa.RecordBatch], schema: pa.Schema) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-    with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, schema) as w:
-        for b in batches:
-            w.write_batch(b)
-    os.replace(tmp, path)
 
 
 KEY_SCHEMA = pa.schema([("hash", pa.uint64()), ("id", pa.string()), ("unit", pa.int32())])
@@ -76,16 +66,7 @@ class GlobalFilter(Filter):
         raise NotImplementedError
 
     def _wait(self, files: list[Path], what: str) -> None:
-        t0 = time.time()
-        while True:
-            missing = [f for f in files if not f.exists()]
-            if not missing:
-                return
-            if time.time() - t0 > self.wait_timeout:
-                raise TimeoutError(f"waited {self.wait_timeout:.0f}s for {len(missing)} {what} files "
-                                   f"(first: {missing[0]}); are all ranks running?")
-            log.info("waiting for %d %s files from other ranks", len(missing), what)
-            time.sleep(self.poll_seconds)
+        wait_for_files(files, what, self.wait_timeout, self.poll_seconds)
 
     def _loser_map(self) -> dict[str, str]:
         """id → reject detail, for every row this filter removes (loaded once per process)."""

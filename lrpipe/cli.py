@@ -351,6 +351,7 @@ def pack_cmd(
     text_field: str = typer.Option("text", help="Column of corpus documents."),
     conversation_field: str = typer.Option("conversation", help="Column of conversations."),
     rows_per_unit: int = typer.Option(10000, help="Rows per unit; packing is best-fit within a unit."),
+    workers: int | None = typer.Option(None, help="Processes tokenizing and packing units (default: all cores)."),
     split: str = typer.Option("train"),
     rank: int | None = typer.Option(None),
     world_size: int | None = typer.Option(None),
@@ -371,12 +372,113 @@ def pack_cmd(
         source = open_source(input, split=split, rows_per_unit=rows_per_unit)
         stage = PackStage(source, tok, path, seq_len=seq_len, conversation_field=conversation_field,
                           text_field=text_field)
-        rep = run_stage(stage, out, rank=rank, world_size=world_size, overwrite=overwrite, progress=progress)
+        from lrpipe.parallel import default_workers
+
+        rep = run_stage(stage, out, rank=rank, world_size=world_size, overwrite=overwrite, progress=progress,
+                        workers=workers or default_workers())
     except PipeError as e:
         _fail(e)
     except ValueError as e:
         _fail(PipeError(str(e)))
     typer.echo(f"{rep.out}: {rep.rows_out} packed rows, {rep.rows_rejected} rejected   (inspect: pipe show {rep.out})")
+
+
+# ------------------------------------------------------------------------------------------ mix
+@app.command("mix")
+def mix_cmd(
+    recipe: str = typer.Argument(..., help="Mixture recipe YAML (or the word 'grid': the study's data grid)."),
+    out: Path = typer.Option(..., help="Output shard directory (grid: a folder for the recipes and mixtures)."),
+    target_share: float | None = typer.Option(None, help="Share of ids in the target language for every "
+                                              "parallel source (overrides the recipe)."),
+    seed: int | None = typer.Option(None, help="Sampling and swap seed (overrides the recipe)."),
+    tokenizer: str | None = typer.Option(None, help="Tokenizer counting tokens as 'pipe pack' will (overrides "
+                                         "the recipe; default: the embedded model; 'none': rows only)."),
+    corpus: str | None = typer.Option(None, help="grid: target-language corpus (documents with 'text')."),
+    instructions_en: str | None = typer.Option(None, help="grid: English instructions."),
+    instructions_tgt: str | None = typer.Option(None, help="grid: target-language instructions (a 'pipe "
+                                                "translate' output directory works as is)."),
+    target_lang: str | None = typer.Option(None, help="grid: target language code (default: the translation's)."),
+    instruction_rows: int | None = typer.Option(None, help="grid: rows sampled per instruction language."),
+    build: bool = typer.Option(False, help="grid: also build every mixture into OUT/<name>."),
+    workers: int | None = typer.Option(None, help="Processes for indexing and writing (default: all cores)."),
+    rank: int | None = typer.Option(None),
+    world_size: int | None = typer.Option(None),
+    overwrite: bool = typer.Option(False),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress"),
+) -> None:
+    """Build a training mixture from a YAML recipe (sources, languages, weights, budgets, parallel
+    swap), or with RECIPE=grid write the 7 corpus/instruction combinations of the study's Table 3."""
+    from lrpipe.parallel import default_workers
+
+    nworkers = workers or default_workers()
+    try:
+        if recipe == "grid":
+            _mix_grid(out, corpus, instructions_en, instructions_tgt, target_lang, instruction_rows, seed,
+                      tokenizer, build, nworkers, rank, world_size, overwrite, progress)
+            return
+        if any(x is not None for x in (corpus, instructions_en, instructions_tgt, instruction_rows)) or build:
+            raise PipeError("--corpus/--instructions-*/--instruction-rows/--build are options of 'pipe mix grid'")
+        from lrpipe.pipelines.mix import load_mix_recipe
+
+        rec = load_mix_recipe(recipe, target_share=target_share, seed=seed, tokenizer=tokenizer)
+        rep = _build_mix(rec, out, nworkers, rank, world_size, overwrite, progress)
+    except PipeError as e:
+        _fail(e)
+    except ValueError as e:
+        _fail(PipeError(str(e)))
+    typer.echo(f"{rep.out}: {rep.rows_out} rows   (inspect: pipe show {rep.out})")
+
+
+def _build_mix(rec: Any, out: Path, workers: int, rank: int | None, world_size: int | None, overwrite: bool,
+               progress: bool | None) -> Any:
+    from lrpipe.pipelines.mix import MixStage
+    from lrpipe.runner import run_stage
+
+    tok, tok_id = None, None
+    if (rec.tokenizer or "").lower() != "none":
+        from transformers import AutoTokenizer
+
+        from lrpipe.models import resolve_model
+
+        tok_id = resolve_model(rec.tokenizer)
+        tok = AutoTokenizer.from_pretrained(tok_id)
+    stage = MixStage(rec, tok, tok_id)
+    return run_stage(stage, out, rank=rank, world_size=world_size, overwrite=overwrite, progress=progress,
+                     workers=workers)
+
+
+def _mix_grid(out: Path, corpus: str | None, i_en: str | None, i_tgt: str | None, target_lang: str | None,
+              instruction_rows: int | None, seed: int | None, tokenizer: str | None, build: bool, workers: int,
+              rank: int | None, world_size: int | None, overwrite: bool, progress: bool | None) -> None:
+    import yaml
+
+    from lrpipe.pipelines.mix import MixRecipe, grid_recipes, grid_table
+    from lrpipe.shards import ShardDir
+
+    if not (corpus and i_en and i_tgt):
+        raise PipeError("pipe mix grid needs --corpus, --instructions-en and --instructions-tgt")
+    if target_lang is None and ShardDir.is_shard_dir(i_tgt):  # a pipe translate directory knows its language
+        target_lang = (ShardDir.open(i_tgt).header().get("config") or {}).get("recipe", {}).get("target_lang")
+    if not target_lang:
+        raise PipeError("give --target-lang (the target-language instructions do not record it)")
+    entries = grid_recipes(os.path.abspath(corpus) if not corpus.startswith("hf://") else corpus,
+                           os.path.abspath(i_en) if not i_en.startswith("hf://") else i_en,
+                           os.path.abspath(i_tgt) if not i_tgt.startswith("hf://") else i_tgt,
+                           target_lang, instruction_rows=instruction_rows, seed=seed or 0, tokenizer=tokenizer)
+    (out / "recipes").mkdir(parents=True, exist_ok=True)
+    built: dict[str, dict[str, Any]] = {}
+    for name, recipe, _ in entries:
+        (out / "recipes" / f"{name}.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True))
+        if build:
+            rep = _build_mix(MixRecipe.model_validate(recipe), out / name, workers, rank, world_size, overwrite,
+                             progress)
+            plan = json.loads((out / name / "mix.json").read_text())
+            built[name] = {"rows": plan["rows"], "tokens": plan["tokens"], "complete": rep.complete}
+    table = grid_table(entries, target_lang, built=built or None)
+    (out / "GRID.md").write_text(f"# Data grid (instruction study, Table 3)\n\n{table}")
+    typer.echo(table)
+    typer.echo(f"recipes: {out / 'recipes'}" + (f"   mixtures: {out}/<name>" if build else
+                                                  "   (build one: pipe mix RECIPE --out DIR, or all: --build)"))
 
 
 # ------------------------------------------------------------------------------------------ show / push

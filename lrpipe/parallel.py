@@ -11,12 +11,17 @@ Falls back to a plain in-process map for one worker, one item, or where ``fork``
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -59,3 +64,18 @@ def fork_map(fn: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator
         if "ex" in locals():
             ex.shutdown(wait=True, cancel_futures=True)
         _JOBS.pop(token, None)
+
+
+def wait_for_files(files: Sequence[Path], what: str, timeout: float = 7 * 24 * 3600, poll: float = 2.0) -> None:
+    """Block until every file exists: how ranks meet between the phases of a global step (each rank
+    writes its share of the files; none needs a coordinator or a network connection)."""
+    t0 = time.time()
+    while True:
+        missing = [f for f in files if not f.exists()]
+        if not missing:
+            return
+        if time.time() - t0 > timeout:
+            raise TimeoutError(f"waited {timeout:.0f}s for {len(missing)} {what} files "
+                               f"(first: {missing[0]}); are all ranks running?")
+        log.info("waiting for %d %s files from other ranks", len(missing), what)
+        time.sleep(poll)

@@ -8,8 +8,9 @@ from typing import Any
 
 def format_manifest(m: dict[str, Any], path: str, units: bool = False) -> str:
     t = m["totals"]
+    verb = "packed" if m.get("stage") == "pack" else "used"
     out = (f"out {t['rows_out']:,}" if "rows_consumed" not in t else
-           f"packed {t['rows_consumed']:,} (into {t['rows_out']:,} rows)")
+           f"{verb} {t['rows_consumed']:,} (into {t['rows_out']:,} rows)")
     lines = [f"{path}  [{m.get('stage')}]  {'complete' if m.get('complete') else 'INCOMPLETE'}",
              f"  units     {t['units_done']}/{t['units_planned']} done",
              f"  rows      in {t['rows_in']:,} = {out} + rejected {t['rows_rejected']:,}"
@@ -25,6 +26,8 @@ def format_manifest(m: dict[str, Any], path: str, units: bool = False) -> str:
         lines.append(f"  packing   tokens in {st['tokens_in']:,}, loss tokens {st['loss_tokens']:,} "
                      f"({st['loss_tokens'] / max(st['tokens_in'], 1):.1%}), padding waste "
                      f"{st['pad_tokens'] / max(total, 1):.2%}, documents per row {st['documents'] / st['bins']:.2f}")
+    if m.get("stage") == "mix" and m.get("mix"):
+        lines.extend(format_mix(m["mix"], st))
     prov = m.get("provenance") or {}
     if prov:
         lines.append("  provenance " + json.dumps(prov, default=str))
@@ -38,6 +41,36 @@ def format_manifest(m: dict[str, Any], path: str, units: bool = False) -> str:
                          + (f"in {u['rows_in']} out {u['rows_out']} rej {u['rows_rejected']}" if u["status"] == "done"
                             else ""))
     return "\n".join(lines)
+
+
+def format_mix(plan: dict[str, Any], stats: dict[str, Any]) -> list[str]:
+    """The mixture table: per source and language, requested quantity and share, realized rows and
+    tokens with their shares (realized = what the finished units hold)."""
+    rows_total = sum(v for k, v in stats.items() if k.startswith("rows:") and k.count(":") == 1)
+    tok_total = sum(v for k, v in stats.items() if k.startswith("tokens:") and k.count(":") == 1)
+    lines = [f"  mixture   {plan.get('name')}  seed {plan.get('seed')}  tokenizer {plan.get('tokenizer')}",
+             f"    {'source':<22s} {'requested':>22s} {'req. share':>10s} {'rows':>12s} {'row share':>9s} "
+             f"{'tokens':>14s} {'tok share':>9s}"]
+    for e in plan.get("sources", []):
+        name = e["name"]
+        kind, q = next(iter(e["requested"].items()))
+        req_share = e.get("requested_share", {}).get(kind)
+        r = stats.get(f"rows:{name}", 0)
+        tk = stats.get(f"tokens:{name}", 0)
+        lines.append(f"    {name:<22s} {f'{q:,.0f} {kind}':>22s} "
+                     f"{(f'{req_share:.2%}' if req_share is not None else '-'):>10s} {r:>12,} "
+                     f"{(r / rows_total if rows_total else 0):>9.2%} {tk:>14,} "
+                     f"{(tk / tok_total if tok_total else 0):>9.2%}")
+        for lang in e.get("by_language", {}):
+            lr, lt = stats.get(f"rows:{name}:{lang}", 0), stats.get(f"tokens:{name}:{lang}", 0)
+            lines.append(f"      {lang:<20s} {'':>22s} {'':>10s} {lr:>12,} {(lr / r if r else 0):>9.2%} {lt:>14,} "
+                         f"{(lt / tk if tk else 0):>9.2%}")
+        par = e.get("parallel")
+        if par:
+            extra = ", ".join(f"{k} {v:,}" for k, v in par.items() if k.startswith("only_"))
+            lines.append(f"      swap: target share {par['target_share']:.4f} (requested {par['target_share_requested']}) "
+                         f"of {par['paired_selected']:,} paired ids; unpaired {extra} -> {par['unpaired']}")
+    return lines
 
 
 def dataset_card(m: dict[str, Any], repo_id: str, files: dict[str, list[str]]) -> str:

@@ -72,6 +72,15 @@ def _atomic_write_json(path: Path, obj: Any) -> None:
     _atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
+def atomic_ipc_file(path: Path, batches: list[pa.RecordBatch], schema: pa.Schema) -> None:
+    """Write an Arrow IPC *file* (random access to batches) under a temporary name, then rename."""
+    tmp = path.with_name(f".{path.name}.tmp.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, schema) as w:
+        for b in batches:
+            w.write_batch(b)
+    os.replace(tmp, path)
+
+
 def table_to_ipc_bytes(table: pa.Table) -> bytes:
     sink = io.BytesIO()
     with ipc.new_stream(sink, table.schema) as writer:
@@ -344,6 +353,9 @@ class ShardDir:
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     stats[k] = stats.get(k, 0) + v
         header = {k: v for k, v in header.items() if k != "plan"}
+        extra = self.path / "mix.json"  # stages that plan globally leave their plan beside the manifest
+        if extra.exists():
+            header["mix"] = json.loads(extra.read_text())
         return {**header, "complete": len(done) >= len(planned) and bool(planned) or
                 (not planned and bool(done)), "totals": totals, "stats": stats, "units": units}
 

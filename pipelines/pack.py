@@ -28,6 +28,7 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from lrpipe.errors import PipeError
@@ -95,33 +96,134 @@ def assistant_spans(tok: Any, msgs: list[dict[str, str]]) -> tuple[str, list[tup
     return full, spans
 
 
-def tokenize_conversation(tok: Any, msgs: list[dict[str, str]]) -> tuple[list[int], list[int]]:
-    """input_ids and labels (``-100`` outside the assistant turns)."""
+def _has_generation_markers(tok: Any) -> bool:
     tmpl = tok.chat_template or ""
-    if "{% generation %}" in tmpl or "{%- generation %}" in tmpl:
-        enc = tok.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
-        ids = list(enc["input_ids"])
-        mask = list(enc["assistant_masks"])
-        return ids, [t if m else IGNORE for t, m in zip(ids, mask)]
-    text, spans = assistant_spans(tok, msgs)
-    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
-    labels = [IGNORE] * len(ids)
-    starts = [s for s, _ in spans]
-    for i, (a, b) in enumerate(enc["offset_mapping"]):
+    return "{% generation %}" in tmpl or "{%- generation %}" in tmpl
+
+
+def encode(tok: Any, texts: list[str]) -> list[Any]:
+    """Encodings of many texts in one batched call (no special tokens added: the chat template or
+    the caller writes them): the fast tokenizer's backend ``Encoding`` objects (ids, and character
+    spans on demand), else a slow tokenizer's ids and offset lists."""
+    if not texts:
+        return []
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        return backend.encode_batch(texts, add_special_tokens=False)
+    enc = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
+    return [_SlowEncoding(i, o) for i, o in zip(enc["input_ids"], enc["offset_mapping"])]
+
+
+class _SlowEncoding:
+    """The two ``tokenizers.Encoding`` lookups we use, for tokenizers without a Rust backend."""
+
+    def __init__(self, ids: list[int], offsets: list[tuple[int, int]]) -> None:
+        self.ids, self.offsets = ids, offsets
+        self._starts = [a for a, _ in offsets]
+
+    def char_to_token(self, pos: int) -> int | None:
+        k = bisect.bisect_right(self._starts, pos) - 1
+        return k if k >= 0 and self.offsets[k][0] <= pos < self.offsets[k][1] else None
+
+    def token_to_chars(self, t: int) -> tuple[int, int]:
+        return self.offsets[t]
+
+
+def loss_labels(enc: Any, spans: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """input_ids and labels: the token id where the token lies wholly inside a loss span, ``-100``
+    elsewhere. Only the tokens at each span's two ends are looked up (O(spans), not O(tokens))."""
+    ids = np.asarray(enc.ids, np.int32)
+    labels = np.full(len(ids), IGNORE, np.int32)
+    for a, b in spans:
         if b <= a:
             continue
-        k = bisect.bisect_right(starts, a) - 1
-        if k >= 0 and spans[k][0] <= a and b <= spans[k][1]:
-            labels[i] = ids[i]
+        first = _token_at(enc, a, b, forward=True)
+        last = _token_at(enc, b - 1, a - 1, forward=False)
+        if first is None or last is None:
+            continue
+        if enc.token_to_chars(first)[0] < a:  # a token straddling the span's start is not the assistant's
+            first += 1
+        if enc.token_to_chars(last)[1] > b:
+            last -= 1
+        if first <= last:
+            labels[first:last + 1] = ids[first:last + 1]
     return ids, labels
 
 
+def _token_at(enc: Any, pos: int, stop: int, forward: bool) -> int | None:
+    """The token holding character ``pos``, moving towards ``stop`` past characters no token holds."""
+    step = 1 if forward else -1
+    while pos != stop:
+        t = enc.char_to_token(pos)
+        if t is not None:
+            return t
+        pos += step
+    return None
+
+
+def tokenize_conversations(tok: Any, convs: list[list[dict[str, str]]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """input_ids and labels (``-100`` outside the assistant turns) of many conversations; the texts
+    are rendered one by one (growing prefixes) and tokenized in one batch."""
+    if _has_generation_markers(tok):
+        out = []
+        for msgs in convs:
+            enc = tok.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+            ids = np.asarray(enc["input_ids"], np.int32)
+            out.append((ids, np.where(np.asarray(enc["assistant_masks"], bool), ids, IGNORE).astype(np.int32)))
+        return out
+    rendered = [assistant_spans(tok, m) for m in convs]
+    return [loss_labels(enc, spans) for enc, (_, spans) in zip(encode(tok, [t for t, _ in rendered]), rendered)]
+
+
+def tokenize_conversation(tok: Any, msgs: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    """input_ids and labels of one conversation, as lists."""
+    ids, labels = tokenize_conversations(tok, [msgs])[0]
+    return ids.tolist(), labels.tolist()
+
+
+def tokenize_documents(tok: Any, texts: list[str]) -> list[np.ndarray]:
+    """Corpus documents for plain LM loss: BOS (when the tokenizer has one) + text + EOS."""
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    return [np.asarray(bos + list(e.ids) + eos, np.int32) for e in encode(tok, texts)]
+
+
 def tokenize_document(tok: Any, text: str) -> list[int]:
-    ids = list(tok(text, add_special_tokens=False)["input_ids"])
-    if tok.bos_token_id is not None:
-        ids = [tok.bos_token_id] + ids
-    return ids + ([tok.eos_token_id] if tok.eos_token_id is not None else [])
+    return tokenize_documents(tok, [text])[0].tolist()
+
+
+def conversation_of(row: dict[str, Any], conv_field: str = "conversation") -> list[dict[str, str]] | None:
+    """The row's conversation: the messages column, or an instruction/response pair (Magpie rows)."""
+    conv = row.get(conv_field)
+    if conv is None and isinstance(row.get("instruction"), str) and isinstance(row.get("response"), str):
+        conv = [{"role": "user", "content": row["instruction"]}, {"role": "assistant", "content": row["response"]}]
+    if conv is None:
+        return None
+    return [{"role": m["role"], "content": m["content"] or ""} for m in conv]
+
+
+def count_tokens(tok: Any, rows: list[dict[str, Any]], conv_field: str = "conversation",
+                 text_field: str = "text") -> list[int]:
+    """Tokens each row will have in ``pipe pack`` (chat-template render, or document + BOS/EOS), in
+    one batched tokenizer call. Rows with neither a conversation nor a text count the tokens of their
+    string fields (e.g. multimodal question/answer rows), which is what a mixture's shares need."""
+    texts, extra = [], []
+    for r in rows:
+        conv = conversation_of(r, conv_field)
+        if conv is not None:
+            texts.append(_render(tok, conv, gen=False) if tok.chat_template else
+                         "\n".join(m["content"] for m in conv))
+            extra.append(0)
+        elif isinstance(r.get(text_field), str):
+            texts.append(r[text_field])
+            extra.append((tok.bos_token_id is not None) + (tok.eos_token_id is not None))
+        else:
+            texts.append("\n".join(v for v in r.values() if isinstance(v, str)))
+            extra.append(0)
+    if not texts:
+        return []
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    return [len(x) + e for x, e in zip(ids, extra)]
 
 
 # ------------------------------------------------------------------------------------------ packing
@@ -184,54 +286,79 @@ class PackStage(MapStage):
         return self.source.units()
 
     def docs_of(self, table: pa.Table, unit: UnitSpec) -> tuple[list[Doc], dict[int, tuple[str, str]]]:
-        docs, bad = [], {}
+        """The unit's documents in row order (conversations and split corpus documents) and the rows
+        that cannot be packed, with their reason."""
+        bad: dict[int, tuple[str, str]] = {}
+        convs: dict[int, list[dict[str, str]]] = {}
+        texts: dict[int, str] = {}
         rows = table.to_pylist()
         for i, r in enumerate(rows):
+            msgs = conversation_of(r, self.conv)
+            if msgs is not None:
+                convs[i] = msgs
+            elif isinstance(r.get(self.text), str):
+                texts[i] = r[self.text]
+            else:
+                bad[i] = ("bad_input", f"{unit.name} row {i}: neither '{self.conv}' nor '{self.text}'")
+        conv_tok = dict(zip(convs, tokenize_conversations(self.tok, list(convs.values()))))
+        text_tok = dict(zip(texts, tokenize_documents(self.tok, list(texts.values()))))
+        docs = []
+        for i, r in enumerate(rows):
             rid = str(r.get(self.id_field) or f"{unit.name}:{i}")
-            conv = r.get(self.conv)
-            if conv is None and isinstance(r.get("instruction"), str) and isinstance(r.get("response"), str):
-                conv = [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["response"]}]
-            if conv is not None:
-                msgs = [{"role": m["role"], "content": m["content"] or ""} for m in conv]
-                ids, labels = tokenize_conversation(self.tok, msgs)
+            if i in conv_tok:
+                ids, labels = conv_tok[i]
                 if len(ids) > self.seq_len:
                     bad[i] = ("too_long", f"{len(ids)} tokens > seq_len {self.seq_len}")
                     continue
                 docs.append(Doc(ids, labels, rid))
-            elif isinstance(r.get(self.text), str):
-                ids = tokenize_document(self.tok, r[self.text])
+            elif i in text_tok:
+                ids = text_tok[i]
                 for k in range(0, len(ids), self.seq_len):  # long documents split at the row boundary
                     piece = ids[k:k + self.seq_len]
-                    docs.append(Doc(piece, list(piece), rid if k == 0 else f"{rid}#{k // self.seq_len}"))
-            else:
-                bad[i] = ("bad_input", f"{unit.name} row {i}: neither '{self.conv}' nor '{self.text}'")
+                    docs.append(Doc(piece, piece, rid if k == 0 else f"{rid}#{k // self.seq_len}"))
         return docs, bad
 
     def process(self, unit: UnitSpec) -> UnitOutput:
         table = self.source.read_unit(unit)
         docs, bad = self.docs_of(table, unit)
         bins = pack_bfd(docs, self.seq_len)
-        cols: dict[str, list[Any]] = {k: [] for k in PACKED_SCHEMA.names}
-        pad_total = 0
-        for b in bins:
-            ids = [t for d in b.docs for t in d.ids]
-            labels = [t for d in b.docs for t in d.labels]
-            pos = [p for d in b.docs for p in range(len(d.ids))]
-            pad = self.seq_len - len(ids)
+        n, L = len(bins), self.seq_len
+        if n * L >= 2**31:
+            raise ValueError(f"unit {unit.name}: {n} rows × {L} tokens overflow one Arrow list array; "
+                             "use fewer rows per unit")
+        # one flat buffer per column (rows are exactly seq_len long), filled document by document
+        flat_ids = np.full(n * L, self.pad, np.int32)
+        flat_lab = np.full(n * L, IGNORE, np.int32)
+        flat_pos = np.empty(n * L, np.int32)
+        ramp = np.arange(L, dtype=np.int32)
+        seq_lens, source_ids = [], []
+        pad_total = loss = 0
+        for bi, b in enumerate(bins):
+            o = bi * L
+            for d in b.docs:
+                m = len(d.ids)
+                flat_ids[o:o + m] = d.ids
+                flat_lab[o:o + m] = d.labels
+                flat_pos[o:o + m] = ramp[:m]
+                o += m
+            pad = (bi + 1) * L - o
+            flat_pos[o:o + pad] = ramp[:pad]
             pad_total += pad
-            cols["input_ids"].append(ids + [self.pad] * pad)
-            cols["labels"].append(labels + [IGNORE] * pad)
-            cols["position_ids"].append(pos + list(range(pad)))
-            cols["seq_lens"].append([len(d.ids) for d in b.docs] + ([pad] if pad else []))
-            cols["source_ids"].append([d.source_id for d in b.docs])
-        kept = pa.table({k: pa.array(v, PACKED_SCHEMA.field(k).type) for k, v in cols.items()}, schema=PACKED_SCHEMA)
+            seq_lens.append([len(d.ids) for d in b.docs] + ([pad] if pad else []))
+            source_ids.append([d.source_id for d in b.docs])
+        offsets = pa.array(np.arange(n + 1, dtype=np.int32) * L)
+        kept = pa.table({"input_ids": pa.ListArray.from_arrays(offsets, pa.array(flat_ids)),
+                         "labels": pa.ListArray.from_arrays(offsets, pa.array(flat_lab)),
+                         "position_ids": pa.ListArray.from_arrays(offsets, pa.array(flat_pos)),
+                         "seq_lens": pa.array(seq_lens, pa.list_(pa.int32())),
+                         "source_ids": pa.array(source_ids, pa.list_(pa.string()))}, schema=PACKED_SCHEMA)
+        loss = int((flat_lab != IGNORE).sum())
         rej_idx = sorted(bad)
         rejected = table.take(pa.array(rej_idx, pa.int64()))
         rejected = rejected.append_column(REJECT_REASON, pa.array([bad[i][0] for i in rej_idx], pa.string()))
         rejected = rejected.append_column(REJECT_DETAIL, pa.array([bad[i][1] for i in rej_idx], pa.string()))
-        tokens = sum(len(d.ids) for d in docs)
-        stats = {"tokens_in": tokens, "loss_tokens": sum(sum(1 for x in d.labels if x != IGNORE) for d in docs),
-                 "pad_tokens": pad_total, "bins": len(bins), "documents": len(docs)}
+        stats = {"tokens_in": sum(len(d.ids) for d in docs), "loss_tokens": loss, "pad_tokens": pad_total,
+                 "bins": n, "documents": len(docs)}
         # packed rows hold many input rows: the balance is in input rows (consumed + rejected)
         return UnitOutput(kept=kept, rejected=rejected, rows_in=table.num_rows, stats=stats,
                           rows_consumed=table.num_rows - len(bad))
