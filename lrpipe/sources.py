@@ -136,6 +136,15 @@ def _read_file(path: str) -> pa.Table:
             if not isinstance(data, list):
                 raise InputError("expected a JSON list of objects", path=path)
             return _rows_to_table(data, path)
+        try:  # Arrow's multithreaded reader; anything it refuses goes through the precise path below
+            import pyarrow.json as pjson
+
+            table = pjson.read_json(path)
+            # it turns ISO-8601 strings into timestamps: keep the text as written instead
+            if "timestamp" not in str(table.schema):
+                return table
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            pass
         rows = []
         with open(path, encoding="utf-8") as fh:
             for i, line in enumerate(fh):

@@ -115,3 +115,11 @@ def test_jsonl_rows_with_different_keys_keep_every_column(tmp_path):
     t = FileSource([str(p)]).read_unit(FileSource([str(p)]).units()[0])
     assert t.column_names == ["id", "conversation", "text"]
     assert t.column("text").to_pylist() == [None, "doc"]
+
+
+def test_jsonl_keeps_strings_that_look_like_dates(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"id": "a", "when": "2020-01-01T00:00:00", "n": 1}\n\n{"id": "b", "when": "later", "n": 2.5}\n')
+    t = FileSource([str(p)]).read_unit(FileSource([str(p)]).units()[0])
+    assert t.column("when").to_pylist() == ["2020-01-01T00:00:00", "later"]
+    assert t.column("n").to_pylist() == [1.0, 2.5]
