@@ -19,6 +19,9 @@ run_app = typer.Typer(help="Run a generation pipeline.", no_args_is_help=True)
 models_app = typer.Typer(help="Manage models (the embedded default model).", no_args_is_help=True)
 app.add_typer(run_app, name="run")
 app.add_typer(models_app, name="models")
+eval_app = typer.Typer(help="Evaluate: agreement, correlation, safety (benchmarks and arena scoring too).",
+                       no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
 
 
 # ------------------------------------------------------------------------------------------ engine opts
@@ -479,6 +482,85 @@ def _mix_grid(out: Path, corpus: str | None, i_en: str | None, i_tgt: str | None
     typer.echo(table)
     typer.echo(f"recipes: {out / 'recipes'}" + (f"   mixtures: {out}/<name>" if build else
                                                   "   (build one: pipe mix RECIPE --out DIR, or all: --build)"))
+
+
+# ------------------------------------------------------------------------------------------ arena / eval
+@app.command("arena")
+def arena_cmd(
+    battles: list[Path] = typer.Argument(..., help="Battle files (jsonl/json/csv/parquet): model_a, model_b, "
+                                         "winner (model_a|model_b|tie) [, criterion, annotator, language, "
+                                         "question_id]."),
+    out: Path = typer.Option(..., help="Folder for ratings.json, ratings.md and the PNG figures."),
+    rounds: int = typer.Option(100, help="Bootstrap rounds (the study: 100)."),
+    seed: int = typer.Option(42, help="Bootstrap seed (the study: 42)."),
+    lower: float = typer.Option(5.0, help="Lower percentile of the interval."),
+    upper: float = typer.Option(95.0, help="Upper percentile of the interval."),
+    by: str = typer.Option("criterion", help="Rate each value of this battle field separately too "
+                           "(criterion, language, annotator)."),
+) -> None:
+    """Bradley–Terry ratings with bootstrap intervals, ranks, agreement between annotators, figures."""
+    from lrpipe.eval.arena import run_arena
+
+    try:
+        res = run_arena(list(battles), out, group_field=by, rounds=rounds, seed=seed, lower_pct=lower,
+                        upper_pct=upper)
+    except PipeError as e:
+        _fail(e)
+    typer.echo((out / "ratings.md").read_text())
+    typer.echo(f"{out}: {len(res['groups'])} rating tables and figures")
+
+
+@eval_app.command("correlate")
+def eval_correlate(
+    benchmarks: Path = typer.Option(..., help="JSON {model: benchmark average} (or a list of {model, score})."),
+    arena: Path = typer.Option(..., help="ratings.json written by 'pipe arena'."),
+    group: str = typer.Option("all", help="Which rating group of the arena to use."),
+    rounds: int = typer.Option(1000, help="Bootstrap rounds for the interval."),
+    seed: int = typer.Option(42),
+) -> None:
+    """Spearman's rho between benchmark averages and arena scores, with a bootstrap interval."""
+    from lrpipe.errors import InputError
+    from lrpipe.eval.agreement import spearman_ci
+
+    try:
+        bench = json.loads(benchmarks.read_text())
+        if isinstance(bench, list):
+            bench = {r["model"]: r["score"] for r in bench}
+        ratings = json.loads(arena.read_text())["groups"].get(group)
+        if ratings is None:
+            raise InputError(f"no rating group '{group}'", path=str(arena))
+        scores = {r["model"]: r["score"] for r in ratings["ratings"]}
+        shared = sorted(bench.keys() & scores.keys())
+        if len(shared) < 3:
+            raise InputError(f"need >= 3 models in both files, have {shared}", path=str(benchmarks))
+        res = spearman_ci([bench[m] for m in shared], [scores[m] for m in shared], rounds=rounds, seed=seed)
+    except PipeError as e:
+        _fail(e)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        _fail(PipeError(f"cannot read the inputs ({type(e).__name__}: {e})"))
+    typer.echo(json.dumps({"models": shared, **res}, indent=2))
+
+
+@eval_app.command("safety")
+def eval_safety(
+    annotations: Path = typer.Argument(..., help="Annotated answers: model, language, category, prompt_type "
+                                       "(unsafe|safe) and labels (violation|refusal|ok per annotator)."),
+    out: Path | None = typer.Option(None, help="Write the rates as JSON here."),
+) -> None:
+    """Violation rate and false-refusal rate per model, language and category, with agreement."""
+    from lrpipe.eval.agreement import read_rows, safety_rates
+
+    try:
+        res = safety_rates(read_rows(annotations), source=str(annotations))
+    except PipeError as e:
+        _fail(e)
+    if out:
+        out.write_text(json.dumps(res, indent=2) + "\n")
+    typer.echo("| model | language | category | VR | FRR | Fleiss kappa | agreement |\n|---|---|---|---:|---:|---:|---:|")
+    for r in res["rates"]:
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        typer.echo(f"| {r['model']} | {r['language']} | {r['category']} | {fmt(r['VR'])} | {fmt(r['FRR'])} | "
+                   f"{fmt(r.get('fleiss_kappa'))} | {fmt(r.get('percent_agreement'))} |")
 
 
 # ------------------------------------------------------------------------------------------ show / push
