@@ -46,13 +46,14 @@ class Battle:
 
 
 def read_battles(paths: list[str | Path]) -> list[Battle]:
-    """Battles from JSONL/JSON/CSV/Parquet files (columns ``model_a, model_b, winner`` and optionally
+    """Battles from JSONL/JSON/CSV/Parquet files or ``pipe judge`` shard directories (columns ``model_a, model_b, winner`` and optionally
     ``criterion, annotator, language, question_id``); a bad row is an error naming file, row, field."""
+    from lrpipe.shards import ShardDir
     from lrpipe.sources import _read_file
 
     out: list[Battle] = []
     for p in paths:
-        table = _read_file(str(p))
+        table = ShardDir.open(p).read_all() if ShardDir.is_shard_dir(p) else _read_file(str(p))
         for col in ("model_a", "model_b", "winner"):
             if col not in table.column_names:
                 raise InputError(f"missing column (have {table.column_names})", path=str(p), field=col)

@@ -510,6 +510,61 @@ def arena_cmd(
     typer.echo(f"{out}: {len(res['groups'])} rating tables and figures")
 
 
+@app.command("judge")
+def judge_cmd(
+    questions: Path = typer.Option(..., help="Questions file: id and question columns."),
+    answers: list[Path] = typer.Option(..., help="One answers file per model (id, answer[, model]); repeat."),
+    out: Path = typer.Option(..., help="Output shard directory of battles (pipe arena reads it)."),
+    model: str | None = typer.Option(None, help="Judge model (default: the embedded model)."),
+    engine: str | None = typer.Option(None, help="vllm (default when installed) | transformers | openai."),
+    base_url: str | None = typer.Option(None, help="openai engine: server URL."),
+    criteria: Path | None = typer.Option(None, help="Criteria YAML (default: the multimodal study's three)."),
+    language: str = typer.Option(..., help="Code of the language the answers must be written in (e.g. eu)."),
+    language_name: str | None = typer.Option(None, help="Its name in the prompt (default: from the code)."),
+    question_field: str = typer.Option("question"),
+    retries: int = typer.Option(2, help="Retries of an invalid verdict, each with a new seed."),
+    seed: int = typer.Option(0),
+    rows_per_unit: int = typer.Option(50, help="Questions per unit."),
+    batch_size: int | None = typer.Option(None, help="transformers engine: batch size."),
+    tp: int = typer.Option(1, "--tensor-parallel-size", "--tp"),
+    max_model_len: int | None = typer.Option(None),
+    gpu_memory_utilization: float | None = typer.Option(None),
+    dtype: str = typer.Option("auto"),
+    rank: int | None = typer.Option(None),
+    world_size: int | None = typer.Option(None),
+    overwrite: bool = typer.Option(False),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress"),
+) -> None:
+    """Pairwise LLM-as-judge: every pair of models on every question, both orders, tie when they disagree."""
+    from lrpipe.eval.judge import LANGUAGE_NAMES, JudgeStage, load_criteria, read_answers
+    from lrpipe.runner import run_stage
+    from lrpipe.sources import _read_file
+
+    try:
+        qs = _read_file(str(questions)).to_pylist()
+        for i, q in enumerate(qs):
+            for f in ("id", question_field):
+                if q.get(f) is None:
+                    from lrpipe.errors import InputError
+
+                    raise InputError("missing field", path=str(questions), row=i, field=f)
+        name = language_name or LANGUAGE_NAMES.get(language, language)
+        crit = load_criteria(criteria, name)
+        ans = read_answers(list(answers))
+        eng, model_id = _engine(engine, model, tp, max_model_len, gpu_memory_utilization, batch_size, base_url,
+                                dtype)
+        stage = JudgeStage(qs, ans, eng, model_id, crit, language, question_field=question_field,
+                           rows_per_unit=rows_per_unit, retries=retries, seed=seed)
+        rep = run_stage(stage, out, engine=eng, rank=rank, world_size=world_size, overwrite=overwrite,
+                        progress=progress)
+    except PipeError as e:
+        _fail(e)
+    except ValueError as e:
+        _fail(PipeError(str(e)))
+    typer.echo(f"{rep.out}: {rep.rows_out} battle rows, {rep.rows_rejected} pairs rejected   "
+               f"(rate: pipe arena {rep.out} --out DIR)")
+
+
 @eval_app.command("correlate")
 def eval_correlate(
     benchmarks: Path = typer.Option(..., help="JSON {model: benchmark average} (or a list of {model, score})."),

@@ -1,0 +1,192 @@
+"""``pipe judge``: pairwise LLM-as-judge through the engine layer, writing battles for ``pipe arena``
+(SPEC §9; the multimodal study's judge protocol).
+
+For every question and every pair of models that both answered it, the judge sees the question and
+the two answers twice — in both orders — and returns a JSON object with one verdict per criterion
+(``A``, ``B`` or ``tie``), constrained by a JSON schema so only valid verdicts can come back. Per
+criterion, the pair's result is the model both orders prefer, and a **tie when the orders disagree**
+(position bias cancels out instead of deciding). Criteria are a YAML file (default: the study's three,
+in its order of importance); the prompt is ``prompts/judge/pairwise.j2``.
+
+It runs as a :class:`GenerationStage`: units of questions, every request of every unit streamed into
+one engine job, resumable after a crash, ``--rank/--world-size`` like every stage. A verdict that
+fails (cut output, invalid JSON) is retried with a new seed and sampling temperature, then the pair is
+rejected with its reason. Accounting is in *pairs*: each (question, model pair) either gives one
+battle row per criterion or one rejected row.
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import yaml
+
+from lrpipe.chat import chat_prompt_ids
+from lrpipe.engines.base import Engine, GenRequest, GenResult, Sampling
+from lrpipe.errors import InputError
+from lrpipe.prompting import load_prompt, prompt_root
+from lrpipe.runner import GenerationStage, UnitOutput
+from lrpipe.shards import REJECT_DETAIL, REJECT_REASON, UnitSpec
+from lrpipe.sources import _read_file
+
+VERDICTS = ("A", "B", "tie")
+LANGUAGE_NAMES = {"eu": "Basque", "en": "English", "es": "Spanish", "fr": "French", "de": "German", "ca": "Catalan",
+                  "gl": "Galician", "it": "Italian", "pt": "Portuguese"}
+
+
+def load_criteria(path: str | Path | None, language: str) -> list[dict[str, str]]:
+    p = Path(path) if path else prompt_root() / "judge" / "criteria.yaml"
+    try:
+        items = yaml.safe_load(p.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise InputError(f"cannot read criteria ({e})", path=str(p)) from e
+    if not isinstance(items, list) or not items:
+        raise InputError("criteria: a non-empty list of {name, title, description}", path=str(p))
+    out = []
+    for i, c in enumerate(items):
+        if not isinstance(c, dict) or not c.get("name") or not c.get("description"):
+            raise InputError("each criterion needs a name and a description", path=str(p), row=i)
+        out.append({"name": str(c["name"]), "title": str(c.get("title") or c["name"]),
+                    "description": str(c["description"]).replace("{language}", language)})
+    return out
+
+
+def read_answers(paths: list[str | Path], id_field: str = "id", answer_field: str = "answer") -> dict[str, dict[str, str]]:
+    """model -> {question id -> answer}; the model is the file's ``model`` column or its stem."""
+    out: dict[str, dict[str, str]] = {}
+    for p in paths:
+        rows = _read_file(str(p)).to_pylist()
+        for i, r in enumerate(rows):
+            for f in (id_field, answer_field):
+                if r.get(f) is None:
+                    raise InputError("missing field", path=str(p), row=i, field=f)
+            model = str(r.get("model") or Path(p).stem)
+            out.setdefault(model, {})[str(r[id_field])] = str(r[answer_field])
+    if len(out) < 2:
+        raise InputError(f"need answers of at least two models, have {sorted(out)}", path=str(paths[0]))
+    return out
+
+
+class JudgeStage(GenerationStage):
+    name = "judge"
+
+    def __init__(self, questions: list[dict[str, Any]], answers: dict[str, dict[str, str]], engine: Engine,
+                 judge_id: str, criteria: list[dict[str, str]], language: str, *, question_field: str = "question",
+                 id_field: str = "id", rows_per_unit: int = 50, retries: int = 2, seed: int = 0,
+                 max_tokens: int = 128, prompt: str = "pairwise") -> None:
+        self.questions, self.answers, self.engine, self.judge_id = questions, answers, engine, judge_id
+        self.criteria, self.language, self.qf, self.idf = criteria, language, question_field, id_field
+        self.rows_per_unit, self.retries, self.seed, self.max_tokens, self.prompt = (
+            rows_per_unit, retries, seed, max_tokens, prompt)
+        self.models = sorted(answers)
+        self.by_id = {str(q[id_field]): q for q in questions}
+        names = [c["name"] for c in criteria]
+        self.schema = {"type": "object", "properties": {n: {"type": "string", "enum": list(VERDICTS)} for n in names},
+                       "required": names, "additionalProperties": False}
+
+    def config(self) -> dict[str, Any]:
+        return {"judge": self.judge_id, "criteria": self.criteria, "language": self.language, "models": self.models,
+                "prompt": self.prompt, "seed": self.seed, "retries": self.retries, "max_tokens": self.max_tokens,
+                "questions": len(self.questions)}
+
+    def plan(self) -> list[UnitSpec]:
+        n = len(self.questions)
+        return [UnitSpec(index=k, name=f"questions[{s}:{min(s + self.rows_per_unit, n)}]",
+                         params={"start": s, "rows": min(self.rows_per_unit, n - s)})
+                for k, s in enumerate(range(0, n, self.rows_per_unit))]
+
+    def _pairs(self, unit: UnitSpec) -> list[tuple[str, str, str]]:
+        """(question id, model 1, model 2) for every pair, in a fixed order."""
+        qs = self.questions[unit.params["start"]:unit.params["start"] + unit.params["rows"]]
+        return [(str(q[self.idf]), a, b) for q in qs for a, b in combinations(self.models, 2)]
+
+    def _request(self, unit: UnitSpec, k: int, order: int, attempt: int, q: dict[str, Any], first: str,
+                 second: str) -> GenRequest:
+        text = load_prompt("judge", self.prompt, question=q[self.qf], answer_a=self.answers[first][str(q[self.idf])],
+                           answer_b=self.answers[second][str(q[self.idf])], criteria=self.criteria,
+                           language=self.language)
+        from lrpipe.pipelines.magpie import seed_for
+
+        s = Sampling(temperature=0.0 if attempt == 0 else 0.7, top_p=1.0, max_tokens=self.max_tokens,
+                     seed=seed_for(self.seed, "judge", unit.index, k, order, attempt), json_schema=self.schema)
+        return GenRequest(key=(k, order, attempt), prompt=chat_prompt_ids(self.engine.tokenizer,
+                                                                        [{"role": "user", "content": text}]),
+                          sampling=s)
+
+    def requests(self, unit: UnitSpec) -> tuple[Any, list[GenRequest]]:
+        by_id = self.by_id
+        ctx: dict[str, Any] = {"pairs": self._pairs(unit), "verdicts": {}, "attempts": {}, "missing": {}}
+        reqs = []
+        for k, (qid, a, b) in enumerate(ctx["pairs"]):
+            if qid not in self.answers[a] or qid not in self.answers[b]:
+                ctx["missing"][k] = [m for m in (a, b) if qid not in self.answers[m]]
+                continue
+            for order, (x, y) in enumerate(((a, b), (b, a))):
+                ctx["attempts"][(k, order)] = 0
+                reqs.append(self._request(unit, k, order, 0, by_id[qid], x, y))
+        return ctx, reqs
+
+    def parse(self, res: GenResult) -> dict[str, str] | None:
+        if res.finish_reason != "stop":
+            return None
+        try:
+            obj = json.loads(res.text)
+        except json.JSONDecodeError:
+            return None
+        names = [c["name"] for c in self.criteria]
+        if not isinstance(obj, dict) or any(obj.get(n) not in VERDICTS for n in names):
+            return None
+        return {n: obj[n] for n in names}
+
+    def review(self, unit: UnitSpec, context: Any, results: dict[Any, GenResult]) -> list[GenRequest]:
+        by_id = self.by_id
+        more = []
+        for (k, order), attempt in context["attempts"].items():
+            if (k, order) in context["verdicts"]:
+                continue
+            v = self.parse(results[(k, order, attempt)])
+            if v is not None:
+                context["verdicts"][(k, order)] = v
+            elif attempt < self.retries:
+                context["attempts"][(k, order)] = attempt + 1
+                qid, a, b = context["pairs"][k]
+                x, y = (a, b) if order == 0 else (b, a)
+                more.append(self._request(unit, k, order, attempt + 1, by_id[qid], x, y))
+        return more
+
+    def finalize(self, unit: UnitSpec, context: Any, results: dict[Any, GenResult]) -> UnitOutput:
+        rows, rejected = [], []
+        lang = self.language
+        for k, (qid, a, b) in enumerate(context["pairs"]):
+            if k in context["missing"]:
+                rejected.append({"question_id": qid, "model_a": a, "model_b": b, REJECT_REASON: "missing_answer",
+                                 REJECT_DETAIL: f"no answer from {', '.join(context['missing'][k])}"})
+                continue
+            v1, v2 = context["verdicts"].get((k, 0)), context["verdicts"].get((k, 1))
+            if v1 is None or v2 is None:
+                last = results[(k, 0 if v1 is None else 1, context["attempts"][(k, 0 if v1 is None else 1)])]
+                rejected.append({"question_id": qid, "model_a": a, "model_b": b, REJECT_REASON: "judge_invalid",
+                                 REJECT_DETAIL: f"{last.finish_reason}: {(last.error or last.text)[:200]}"})
+                continue
+            for c in self.criteria:
+                n = c["name"]
+                # order 0 showed (a, b), order 1 showed (b, a): map both verdicts to model names
+                first = {"A": a, "B": b, "tie": "tie"}[v1[n]]
+                second = {"A": b, "B": a, "tie": "tie"}[v2[n]]
+                won = first if first == second else "tie"
+                winner = "model_a" if won == a else "model_b" if won == b else "tie"
+                rows.append({"question_id": qid, "model_a": a, "model_b": b, "winner": winner, "criterion": n,
+                             "annotator": self.judge_id, "language": lang, "verdict_ab": v1[n], "verdict_ba": v2[n]})
+        schema = pa.schema([(f, pa.string()) for f in ("question_id", "model_a", "model_b", "winner", "criterion",
+                                                        "annotator", "language", "verdict_ab", "verdict_ba")])
+        kept = pa.Table.from_pylist(rows, schema=schema)
+        rej_schema = pa.schema([(f, pa.string()) for f in ("question_id", "model_a", "model_b", REJECT_REASON,
+                                                            REJECT_DETAIL)])
+        judged = len(context["pairs"]) - len(rejected)
+        return UnitOutput(kept=kept, rejected=pa.Table.from_pylist(rejected, schema=rej_schema),
+                          rows_in=len(context["pairs"]), rows_consumed=judged,
+                          stats={"pairs_judged": judged, "requests": sum(a + 1 for a in context["attempts"].values())})
