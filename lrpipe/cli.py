@@ -565,6 +565,30 @@ def judge_cmd(
                f"(rate: pipe arena {rep.out} --out DIR)")
 
 
+@eval_app.command("mm")
+def eval_mm(
+    model: str = typer.Option(..., help="A transformers image-text-to-text model (LLaVA-style) with a processor."),
+    tasks: str = typer.Option("vqav2,a-okvqa,pixmo-capqa", help="Comma-separated tasks (eval/tasks/mm/*.yaml "
+                              "or .yaml paths)."),
+    langs: str = typer.Option("en,eu", help="Languages scored on the same instances (source first)."),
+    data: Path = typer.Option(..., help="Folder with <task>/translated (pipe translate --sample output)."),
+    out: Path = typer.Option(..., help="Run folder: results.json, results.md, per-instance records."),
+    limit: int | None = typer.Option(None, help="First N instances per task (smoke tests)."),
+    batch_size: int = typer.Option(8, help="Generation batch size."),
+) -> None:
+    """Multimodal close-ended benchmarks in two languages: VQAv2 (official and inclusion accuracy),
+    A-OKVQA and PixMo-CapQA by log-likelihood (acc, acc_norm), with per-instance agreement."""
+    from lrpipe.eval.mm import report_markdown, run_eval_mm
+
+    lang_list = [x.strip() for x in langs.split(",") if x.strip()]
+    try:
+        results = run_eval_mm(model, [t.strip() for t in tasks.split(",") if t.strip()], lang_list, data, out,
+                              limit=limit, batch_size=batch_size, source_lang=lang_list[0])
+    except PipeError as e:
+        _fail(e)
+    typer.echo(report_markdown(results, lang_list))
+
+
 @eval_app.command("correlate")
 def eval_correlate(
     benchmarks: Path = typer.Option(..., help="JSON {model: benchmark average} (or a list of {model, score})."),

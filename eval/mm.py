@@ -1,0 +1,235 @@
+"""``pipe eval mm``: multimodal close-ended benchmarks in two languages on the same instances (SPEC §9).
+
+Tasks are YAML files in ``eval/tasks/mm/`` (adding one needs no Python): ``kind: vqa`` (greedy
+short-answer generation; official VQA accuracy and the inclusion variant, ``eval/vqa.py``) or
+``kind: mc`` (log-likelihood of each option given image and question, batched with the shared
+context once, ``eval/mc.py``; ``acc`` and ``acc_norm``).
+
+**Data.** ``--data DIR`` holds, per task, what ``pipe translate --sample`` wrote (``DIR/<task>/``
+with ``translated/``, or any shard directory/file): the English columns and their ``<column>_<lang>``
+translations side by side, so both languages are read from the same rows and scored on identical
+ids. The report shows each metric per language side by side and the per-instance agreement between
+languages (both right or both wrong).
+
+**Models.** Any transformers image-text-to-text model with a processor (``LlavaForConditionalGeneration``
+and friends; the project's own MLLM once exported): generation batched with left padding, greedy.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from lrpipe.errors import InputError
+from lrpipe.eval.mc import MCItem, accuracy, score_batched
+from lrpipe.eval.vqa import vqa_accuracy, vqa_inclusion_accuracy
+
+TASKS = Path(__file__).parent / "tasks" / "mm"
+
+
+class MMTask(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    kind: Literal["vqa", "mc"]
+    id: str = "id"
+    question: str = "question"
+    image: str = "image"
+    answers: str | None = None
+    choices: str | None = None
+    options: dict[str, list[str]] | None = None
+    gold_index: str | None = None
+    gold_answer: str | None = None
+    instruction: dict[str, str] = {}
+    max_new_tokens: int = 16
+
+
+def load_task(name: str) -> MMTask:
+    p = Path(name) if Path(name).suffix == ".yaml" else TASKS / f"{name}.yaml"
+    if not p.exists():
+        have = ", ".join(sorted(x.stem for x in TASKS.glob("*.yaml")))
+        raise InputError(f"no multimodal task '{name}' (have: {have})", path=str(p))
+    try:
+        return MMTask.model_validate(yaml.safe_load(p.read_text()))
+    except Exception as e:
+        raise InputError(f"invalid task ({e})", path=str(p)) from e
+
+
+def _table(data: Path, task: str) -> tuple[Any, str]:
+    """The task's rows: DIR/<task>/translated, DIR/<task>, or DIR itself (shard dir or file)."""
+    from lrpipe.shards import ShardDir
+    from lrpipe.sources import _read_file
+
+    for cand in (data / task / "translated", data / task, data):
+        if ShardDir.is_shard_dir(cand):
+            return ShardDir.open(cand).read_all(), str(cand)
+    files = sorted((data / task).glob("*")) if (data / task).is_dir() else []
+    files = [f for f in files if f.suffix in (".parquet", ".jsonl", ".arrow", ".json")]
+    if files:
+        return _read_file(str(files[0])), str(files[0])
+    raise InputError(f"no data for task {task} (expected {data / task}/translated from pipe translate --sample)",
+                     path=str(data))
+
+
+def _col(row: dict[str, Any], name: str, lang: str, source_lang: str) -> Any:
+    return row.get(name) if lang == source_lang else row.get(f"{name}_{lang}")
+
+
+def _image(value: Any, where: str) -> Any:
+    from PIL import Image
+
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return Image.open(io.BytesIO(value["bytes"])).convert("RGB")
+        if value.get("path"):
+            return Image.open(value["path"]).convert("RGB")
+    if isinstance(value, (bytes, bytearray)):
+        return Image.open(io.BytesIO(value)).convert("RGB")
+    if isinstance(value, str):
+        return Image.open(value).convert("RGB")
+    raise InputError(f"cannot read the image ({type(value).__name__})", path=where)
+
+
+def instances(task: MMTask, data: Path, lang: str, source_lang: str = "en", limit: int | None = None) -> list[dict]:
+    """The task's instances in one language: id, image, question, answers / options + gold."""
+    table, where = _table(data, task.name)
+    rows = table.to_pylist()[:limit] if limit else table.to_pylist()
+    out = []
+    for i, r in enumerate(rows):
+        q = _col(r, task.question, lang, source_lang)
+        if q is None:
+            raise InputError(f"no {lang} question (column {task.question if lang == source_lang else task.question + '_' + lang})",
+                             path=where, row=i, field=task.question)
+        inst: dict[str, Any] = {"id": str(r.get(task.id) if r.get(task.id) is not None else i),
+                                "image": r.get(task.image), "question": q, "where": f"{where} row {i}"}
+        if task.kind == "vqa":
+            ans = _col(r, task.answers or "answers", lang, source_lang) or []
+            inst["answers"] = [a["answer"] if isinstance(a, dict) else str(a) for a in ans]
+        else:
+            opts = (_col(r, task.choices, lang, source_lang) if task.choices else
+                    (task.options or {}).get(lang))
+            if not opts:
+                raise InputError(f"no options for language {lang}", path=where, row=i, field=task.choices or "options")
+            gold = None
+            if task.gold_index and r.get(task.gold_index) is not None:
+                gold = int(r[task.gold_index])
+            elif task.gold_answer:
+                a = str(_col(r, task.gold_answer, lang, source_lang) or "").strip().lower().rstrip(".")
+                gold = next((k for k, o in enumerate(opts) if o.lower() == a), None)
+            inst["options"], inst["gold"] = list(opts), gold
+        out.append(inst)
+    return out
+
+
+class HFVisionModel:
+    """A transformers image-text-to-text model and its processor (greedy generation, MC scoring)."""
+
+    def __init__(self, path: str, device: str | None = None, dtype: str = "auto") -> None:
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.torch = torch
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        td = (torch.bfloat16 if self.device == "cuda" else torch.float32) if dtype == "auto" else getattr(torch, dtype)
+        self.processor = AutoProcessor.from_pretrained(path)
+        self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=td).to(self.device).eval()
+        self.tok = self.processor.tokenizer
+
+    def prompt(self, question: str, instruction: str | None) -> str:
+        text = f"{question}\n{instruction}" if instruction else question
+        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        return self.processor.apply_chat_template(msgs, add_generation_prompt=True)
+
+    def generate(self, batch: list[tuple[Any, str]], max_new_tokens: int) -> list[str]:
+        self.tok.padding_side = "left"
+        enc = self.processor(text=[p for _, p in batch], images=[im for im, _ in batch], padding=True,
+                             return_tensors="pt").to(self.device)
+        with self.torch.inference_mode():
+            out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
+        return self.tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def mc_item(self, image: Any, prompt: str, options: list[str], gold: int | None) -> MCItem:
+        enc = self.processor(text=[prompt], images=[image], return_tensors="pt")
+        opts = [self.tok(o, add_special_tokens=False)["input_ids"] for o in options]
+        return MCItem(enc["input_ids"][0].tolist(), opts, gold=gold, option_texts=options,
+                      pixel_values=enc["pixel_values"])
+
+
+def evaluate(model: HFVisionModel, task: MMTask, data: Path, langs: list[str], *, limit: int | None = None,
+             batch_size: int = 8, source_lang: str = "en") -> dict[str, Any]:
+    """Scores of one task in every language, and the per-instance agreement between languages."""
+    per_lang: dict[str, dict[str, Any]] = {}
+    records: dict[str, dict[str, dict[str, Any]]] = {}
+    for lang in langs:
+        insts = instances(task, data, lang, source_lang, limit)
+        instr = task.instruction.get(lang)
+        recs: dict[str, dict[str, Any]] = {}
+        if task.kind == "vqa":
+            for s in range(0, len(insts), batch_size):
+                chunk = insts[s:s + batch_size]
+                outs = model.generate([(_image(x["image"], x["where"]), model.prompt(x["question"], instr))
+                                       for x in chunk], task.max_new_tokens)
+                for x, o in zip(chunk, outs):
+                    recs[x["id"]] = {"prediction": o.strip(), "vqa_acc": vqa_accuracy(o, x["answers"]),
+                                     "inclusion_acc": vqa_inclusion_accuracy(o, x["answers"])}
+            metrics = {"vqa_acc": float(np.mean([r["vqa_acc"] for r in recs.values()])) if recs else float("nan"),
+                       "inclusion_acc": float(np.mean([r["inclusion_acc"] for r in recs.values()])) if recs
+                       else float("nan"), "n": len(recs)}
+        else:
+            usable = [x for x in insts if x["gold"] is not None]
+            items = [model.mc_item(_image(x["image"], x["where"]), model.prompt(x["question"], instr), x["options"],
+                                   x["gold"]) for x in usable]
+            pad = model.tok.pad_token_id if model.tok.pad_token_id is not None else 0
+            scores = score_batched(model.model, items, pad_id=pad)
+            metrics = accuracy(items, scores) | {"skipped_no_gold": len(insts) - len(usable)}
+            for x, s in zip(usable, scores):
+                recs[x["id"]] = {"scores": s, "prediction": x["options"][int(np.argmax(s))],
+                                 "correct": float(int(np.argmax(s)) == x["gold"])}
+        per_lang[lang] = metrics
+        records[lang] = recs
+    result: dict[str, Any] = {"task": task.name, "kind": task.kind, "metrics": per_lang}
+    if len(langs) >= 2:
+        a, b = langs[0], langs[1]
+        shared = sorted(records[a].keys() & records[b].keys())
+        key = "vqa_acc" if task.kind == "vqa" else "correct"
+        same = [(records[a][i][key] > 0) == (records[b][i][key] > 0) for i in shared]
+        result["agreement"] = {"languages": [a, b], "instances": len(shared),
+                               "same_outcome": float(np.mean(same)) if same else float("nan")}
+    result["records"] = records
+    return result
+
+
+def report_markdown(results: list[dict[str, Any]], langs: list[str]) -> str:
+    lines = ["| task | metric | " + " | ".join(langs) + " | agreement |", "|---|---|" + "---:|" * (len(langs) + 1)]
+    for r in results:
+        metrics = [m for m in next(iter(r["metrics"].values())) if m not in ("n", "skipped_no_gold")]
+        for m in metrics:
+            vals = " | ".join(f"{100 * r['metrics'][lang][m]:.2f}" for lang in langs)
+            agr = r.get("agreement", {}).get("same_outcome")
+            lines.append(f"| {r['task']} | {m} | {vals} | {'' if agr is None else f'{100 * agr:.1f}%'} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_eval_mm(model_path: str, tasks: list[str], langs: list[str], data: str | Path, out: str | Path, *,
+                limit: int | None = None, batch_size: int = 8, source_lang: str = "en") -> list[dict[str, Any]]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = HFVisionModel(model_path)
+    results = []
+    for t in tasks:
+        task = load_task(t)
+        res = evaluate(model, task, Path(data), langs, limit=limit, batch_size=batch_size, source_lang=source_lang)
+        with open(out / f"{task.name}.records.jsonl", "w") as fh:
+            for lang, recs in res.pop("records").items():
+                for i, rec in recs.items():
+                    fh.write(json.dumps({"id": i, "language": lang, **rec}, ensure_ascii=False) + "\n")
+        results.append(res)
+    (out / "results.json").write_text(json.dumps({"model": model_path, "languages": langs, "results": results},
+                                                 indent=2) + "\n")
+    (out / "results.md").write_text(report_markdown(results, langs))
+    return results
