@@ -589,6 +589,42 @@ def eval_mm(
     typer.echo(report_markdown(results, lang_list))
 
 
+@eval_app.command("text")
+def eval_text(
+    model: str | None = typer.Option(None, help="Model (HF id or folder; default: the embedded model)."),
+    out: Path = typer.Option(..., help="Run folder: results.json, results.md, lm-eval's raw output."),
+    suite: str = typer.Option("latxa", help="Benchmark suite (the instruction study's 27 + bias sets)."),
+    langs: str = typer.Option("eu,en,es", help="Languages of the suite to run."),
+    tasks: str | None = typer.Option(None, help="Only these tasks of the suite (comma-separated)."),
+    limit: int | None = typer.Option(None, help="Documents per task (smoke tests)."),
+    backend: str | None = typer.Option(None, help="lm-eval model type: vllm (default when installed) or hf."),
+    model_args: str = typer.Option("", help="Extra lm-eval model_args, e.g. 'dtype=bfloat16,tensor_parallel_size=4'."),
+    local_data: Path | None = typer.Option(None, help="Folder with <task>.jsonl copies of our own tasks' data."),
+    no_bias: bool = typer.Option(False, "--no-bias", help="Skip BBQ/BasqBBQ."),
+    batch_size: str = typer.Option("auto"),
+    show: bool = typer.Option(False, "--list", help="Print the task plan and exit."),
+) -> None:
+    """The study's text benchmarks through lm-eval: 5-shot, chat template, few-shot as multi-turn."""
+    from lrpipe.eval.text import results_markdown, run_text_suite, task_plan
+
+    lang_list = [x.strip() for x in langs.split(",") if x.strip()]
+    only = [t.strip() for t in tasks.split(",")] if tasks else None
+    try:
+        if show:
+            for t, lang, shots in task_plan(suite, lang_list, not no_bias, only):
+                typer.echo(f"{lang}  {shots}-shot  {t}")
+            return
+        from lrpipe.models import resolve_model
+
+        res = run_text_suite(resolve_model(model), out, suite=suite, langs=lang_list, tasks=only, limit=limit,
+                             backend=backend, local_data=local_data, bias=not no_bias,
+                             batch_size=int(batch_size) if batch_size.isdigit() else batch_size,
+                             model_args=model_args)
+    except PipeError as e:
+        _fail(e)
+    typer.echo(results_markdown(res))
+
+
 @eval_app.command("correlate")
 def eval_correlate(
     benchmarks: Path = typer.Option(..., help="JSON {model: benchmark average} (or a list of {model, score})."),
