@@ -625,6 +625,20 @@ def eval_text(
     typer.echo(results_markdown(res))
 
 
+@eval_app.command("report")
+def eval_report(
+    runs: list[Path] = typer.Argument(..., help="Run folders of pipe eval text / pipe eval mm / pipe arena."),
+    out: Path = typer.Option(..., help="Folder for report.md and the figures."),
+) -> None:
+    """Gather runs into one table per kind (a row per model) and a figure of the per-language averages."""
+    from lrpipe.eval.report import run_report
+
+    try:
+        typer.echo(run_report(list(runs), out))
+    except PipeError as e:
+        _fail(e)
+
+
 @eval_app.command("correlate")
 def eval_correlate(
     benchmarks: Path = typer.Option(..., help="JSON {model: benchmark average} (or a list of {model, score})."),

@@ -67,3 +67,26 @@ def test_own_yamls_run_with_limit_on_local_copies(tmp_path, model_path):
     # the local split filter kept only local questions: 8 of 16, limited to 3
     assert raw["5-shot"]["n-samples"]["bertaqa_eu_local"]["original"] == 8
     assert "| eu | mmlu_eu | 5 | acc |" in (tmp_path / "run" / "results.md").read_text()
+
+
+def test_report_gathers_text_mm_and_arena_runs(tmp_path):
+    from typer.testing import CliRunner
+
+    from lrpipe.cli import app
+
+    for name, avg in (("base", {"eu": 0.41, "en": 0.60}), ("ours", {"eu": 0.52, "en": 0.61})):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps({"model": f"/models/{name}", "suite": "latxa", "limit": None,
+                                                    "rows": [{"task": "piqa_eu", "language": "eu", "score": avg["eu"]}],
+                                                    "averages": avg}))
+    mmrun = tmp_path / "mm"
+    mmrun.mkdir()
+    (mmrun / "results.json").write_text(json.dumps({"model": "/models/ours", "languages": ["en", "eu"], "results": [
+        {"task": "vqav2", "metrics": {"en": {"vqa_acc": 0.7, "n": 5}, "eu": {"vqa_acc": 0.6, "n": 5}}}]}))
+    res = CliRunner().invoke(app, ["eval", "report", str(tmp_path / "base"), str(tmp_path / "ours"), str(mmrun),
+                                   "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| ours | 61.00 | 52.00 |" in md and "| base | 60.00 | 41.00 |" in md
+    assert "vqav2 vqa_acc (eu)" in md and (tmp_path / "rep" / "text_averages.png").stat().st_size > 1000
