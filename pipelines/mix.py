@@ -394,11 +394,14 @@ class MixStage(MapStage):
     def _pool(self, s: MixSource, units: list[UnitSpec], ids: dict[int, list[str]],
               toks: dict[int, np.ndarray]) -> dict[str, Any]:
         """The source's sampling pool: one entry per id (parallel) or per row, with where it lives."""
-        if s.parallel is None:
-            loc = [(u.index, i) for u in units for i in range(len(ids[u.index]))]
+        if s.parallel is None:  # the pool is the units' rows in plan order: (unit, first row, rows) spans
+            spans, start = [], 0
+            for u in units:
+                spans.append((u.index, start, len(ids[u.index])))
+                start += len(ids[u.index])
             return {"ids": [x for u in units for x in ids[u.index]],
                     "tokens": np.concatenate([toks[u.index] for u in units]) if units else np.zeros(0, np.int64),
-                    "loc": {s.language: loc}, "lang_tokens": None}
+                    "spans": spans}
         langs = list(s.parallel)
         where: dict[str, dict[str, tuple[int, int]]] = {}
         tok_of: dict[str, dict[str, int]] = {}
@@ -441,8 +444,10 @@ class MixStage(MapStage):
         lang_rows: dict[str, int] = {}
         lang_tokens: dict[str, int] = {}
         if s.parallel is None:
-            for (u, i), c in zip(pool["loc"][s.language], counts):
-                put(u, i, int(c), NOT_SAMPLED)
+            for u, start, n in pool["spans"]:
+                c = counts[start:start + n]
+                per_unit[u] = c
+                reason[u] = np.where(c > 0, SELECTED, NOT_SAMPLED).astype(np.int8)
             lang_rows[s.language] = int(counts.sum())  # type: ignore[index]
             lang_tokens[s.language] = int((counts * pool["tokens"]).sum())  # type: ignore[index]
         else:
