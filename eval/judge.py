@@ -76,13 +76,23 @@ class JudgeStage(GenerationStage):
 
     def __init__(self, questions: list[dict[str, Any]], answers: dict[str, dict[str, str]], engine: Engine,
                  judge_id: str, criteria: list[dict[str, str]], language: str, *, question_field: str = "question",
-                 id_field: str = "id", rows_per_unit: int = 50, retries: int = 2, seed: int = 0,
+                 id_field: str = "id", image_field: str | None = None, processor: Any = None, rows_per_unit: int = 50, retries: int = 2, seed: int = 0,
                  max_tokens: int = 128, prompt: str = "pairwise") -> None:
         self.questions, self.answers, self.engine, self.judge_id = questions, answers, engine, judge_id
         self.criteria, self.language, self.qf, self.idf = criteria, language, question_field, id_field
         self.rows_per_unit, self.retries, self.seed, self.max_tokens, self.prompt = (
             rows_per_unit, retries, seed, max_tokens, prompt)
         self.models = sorted(answers)
+        # An MLLM judge sees the question's image: the prompt goes through the model's processor chat
+        # template (image placeholder first, as the models were trained) and the image rides along.
+        self.image_field, self.processor = image_field, processor
+        if image_field:
+            if not getattr(engine, "supports_images", False):
+                raise InputError(f"judging with images needs an engine that takes them (vllm), not {engine.name}")
+            if self.processor is None:
+                from transformers import AutoProcessor
+
+                self.processor = AutoProcessor.from_pretrained(engine.model)
         self.by_id = {str(q[id_field]): q for q in questions}
         names = [c["name"] for c in criteria]
         self.schema = {"type": "object", "properties": {n: {"type": "string", "enum": list(VERDICTS)} for n in names},
@@ -90,6 +100,7 @@ class JudgeStage(GenerationStage):
 
     def config(self) -> dict[str, Any]:
         return {"judge": self.judge_id, "criteria": self.criteria, "language": self.language, "models": self.models,
+                "image_field": self.image_field,
                 "prompt": self.prompt, "seed": self.seed, "retries": self.retries, "max_tokens": self.max_tokens,
                 "questions": len(self.questions)}
 
@@ -113,6 +124,13 @@ class JudgeStage(GenerationStage):
 
         s = Sampling(temperature=0.0 if attempt == 0 else 0.7, top_p=1.0, max_tokens=self.max_tokens,
                      seed=seed_for(self.seed, "judge", unit.index, k, order, attempt), json_schema=self.schema)
+        if self.image_field:
+            from lrpipe.eval.mm import _image
+
+            msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+            return GenRequest(key=(k, order, attempt), sampling=s,
+                              prompt=self.processor.apply_chat_template(msgs, add_generation_prompt=True),
+                              images=[_image(q[self.image_field], f"question {q[self.idf]}, field {self.image_field}")])
         return GenRequest(key=(k, order, attempt), prompt=chat_prompt_ids(self.engine.tokenizer,
                                                                         [{"role": "user", "content": text}]),
                           sampling=s)

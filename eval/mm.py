@@ -12,7 +12,13 @@ ids. The report shows each metric per language side by side and the per-instance
 languages (both right or both wrong).
 
 **Models.** Any transformers image-text-to-text model with a processor (``LlavaForConditionalGeneration``
-and friends; the project's own MLLM once exported): generation batched with left padding, greedy.
+and friends; the project's own MLLM, which ``pipe train export`` writes as a LLaVA folder). Generation
+is greedy, through vLLM when it is installed and a GPU is present (every request queued at once, images
+decoded as the engine pulls them), through transformers otherwise (batches with left padding). The
+prompt is the processor's chat template in both cases, so both backends see the same text. Multiple
+choice is scored with transformers (``eval/mc.py``: one forward pass per block of questions, which vLLM's
+per-request prompt log-probabilities cannot share); generation tasks run first and the vLLM engine is
+closed before the transformers model is loaded, so both never hold the GPU together.
 """
 
 from __future__ import annotations
@@ -126,6 +132,41 @@ def instances(task: MMTask, data: Path, lang: str, source_lang: str = "en", limi
     return out
 
 
+def mm_prompt(processor: Any, question: str, instruction: str | None) -> str:
+    """The user turn (image first, then question and the task's instruction) in the processor's chat
+    template, ending with the generation prompt."""
+    text = f"{question}\n{instruction}" if instruction else question
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    return processor.apply_chat_template(msgs, add_generation_prompt=True)
+
+
+class EngineVision:
+    """Greedy generation through the engine layer (vLLM): all requests streamed into the engine, which
+    keeps its batch full; images are decoded lazily as the engine pulls requests."""
+
+    def __init__(self, engine: Any, processor: Any) -> None:
+        if not getattr(engine, "supports_images", False):
+            raise InputError(f"engine {engine.name} cannot take images; use vllm or the transformers backend")
+        self.engine, self.processor = engine, processor
+
+    def answer(self, insts: list[dict[str, Any]], instruction: str | None, max_new_tokens: int) -> dict[str, str]:
+        from lrpipe.engines import GenRequest, Sampling
+
+        sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=max_new_tokens, seed=0)
+        reqs = (GenRequest(key=k, prompt=mm_prompt(self.processor, x["question"], instruction), sampling=sampling,
+                           images=[_image(x["image"], x["where"])]) for k, x in enumerate(insts))
+        out: dict[str, str] = {}
+        for res in self.engine.generate(reqs):
+            x = insts[res.key]
+            if res.finish_reason == "error":
+                raise InputError(f"generation failed: {res.error}", path=x["where"])
+            out[x["id"]] = res.text
+        return out
+
+    def close(self) -> None:
+        self.engine.close()
+
+
 class HFVisionModel:
     """A transformers image-text-to-text model and its processor (greedy generation, MC scoring)."""
 
@@ -141,9 +182,20 @@ class HFVisionModel:
         self.tok = self.processor.tokenizer
 
     def prompt(self, question: str, instruction: str | None) -> str:
-        text = f"{question}\n{instruction}" if instruction else question
-        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-        return self.processor.apply_chat_template(msgs, add_generation_prompt=True)
+        return mm_prompt(self.processor, question, instruction)
+
+    def answer(self, insts: list[dict[str, Any]], instruction: str | None, max_new_tokens: int,
+               batch_size: int = 8) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for s in range(0, len(insts), batch_size):
+            chunk = insts[s:s + batch_size]
+            texts = self.generate([(_image(x["image"], x["where"]), self.prompt(x["question"], instruction))
+                                   for x in chunk], max_new_tokens)
+            out.update({x["id"]: o for x, o in zip(chunk, texts)})
+        return out
+
+    def close(self) -> None:
+        self.model = None
 
     def generate(self, batch: list[tuple[Any, str]], max_new_tokens: int) -> list[str]:
         self.tok.padding_side = "left"
@@ -160,9 +212,10 @@ class HFVisionModel:
                       pixel_values=enc["pixel_values"])
 
 
-def evaluate(model: HFVisionModel, task: MMTask, data: Path, langs: list[str], *, limit: int | None = None,
-             batch_size: int = 8, source_lang: str = "en") -> dict[str, Any]:
-    """Scores of one task in every language, and the per-instance agreement between languages."""
+def evaluate(model: HFVisionModel | EngineVision, task: MMTask, data: Path, langs: list[str], *,
+             limit: int | None = None, batch_size: int = 8, source_lang: str = "en") -> dict[str, Any]:
+    """Scores of one task in every language, and the per-instance agreement between languages.
+    Generation tasks take either backend; multiple choice needs the transformers model."""
     per_lang: dict[str, dict[str, Any]] = {}
     records: dict[str, dict[str, dict[str, Any]]] = {}
     for lang in langs:
@@ -170,17 +223,18 @@ def evaluate(model: HFVisionModel, task: MMTask, data: Path, langs: list[str], *
         instr = task.instruction.get(lang)
         recs: dict[str, dict[str, Any]] = {}
         if task.kind == "vqa":
-            for s in range(0, len(insts), batch_size):
-                chunk = insts[s:s + batch_size]
-                outs = model.generate([(_image(x["image"], x["where"]), model.prompt(x["question"], instr))
-                                       for x in chunk], task.max_new_tokens)
-                for x, o in zip(chunk, outs):
-                    recs[x["id"]] = {"prediction": o.strip(), "vqa_acc": vqa_accuracy(o, x["answers"]),
-                                     "inclusion_acc": vqa_inclusion_accuracy(o, x["answers"])}
+            kw = {"batch_size": batch_size} if isinstance(model, HFVisionModel) else {}
+            outs = model.answer(insts, instr, task.max_new_tokens, **kw)
+            for x in insts:
+                o = outs[x["id"]]
+                recs[x["id"]] = {"prediction": o.strip(), "vqa_acc": vqa_accuracy(o, x["answers"]),
+                                 "inclusion_acc": vqa_inclusion_accuracy(o, x["answers"])}
             metrics = {"vqa_acc": float(np.mean([r["vqa_acc"] for r in recs.values()])) if recs else float("nan"),
                        "inclusion_acc": float(np.mean([r["inclusion_acc"] for r in recs.values()])) if recs
                        else float("nan"), "n": len(recs)}
         else:
+            if not isinstance(model, HFVisionModel):
+                raise InputError(f"task {task.name}: multiple choice is scored with the transformers model")
             usable = [x for x in insts if x["gold"] is not None]
             items = [model.mc_item(_image(x["image"], x["where"]), model.prompt(x["question"], instr), x["options"],
                                    x["gold"]) for x in usable]
@@ -215,19 +269,57 @@ def report_markdown(results: list[dict[str, Any]], langs: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def default_backend() -> str:
+    """vLLM when it is installed and a GPU is present; transformers otherwise (vLLM's CPU build cannot
+    load LLaVA-style models without torchvision, which the CPU install leaves out)."""
+    from lrpipe.engines.vllm_engine import _on_cpu, vllm_available
+
+    return "vllm" if vllm_available() and not _on_cpu() else "transformers"
+
+
 def run_eval_mm(model_path: str, tasks: list[str], langs: list[str], data: str | Path, out: str | Path, *,
-                limit: int | None = None, batch_size: int = 8, source_lang: str = "en") -> list[dict[str, Any]]:
+                limit: int | None = None, batch_size: int = 8, source_lang: str = "en",
+                backend: str | None = None, engine: Any = None) -> list[dict[str, Any]]:
+    """Run the tasks and write results.json, results.md and per-instance records. ``engine`` (an
+    already built engine that takes images) overrides ``backend`` for generation tasks."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model = HFVisionModel(model_path)
+    loaded = [load_task(t) for t in tasks]
+    backend = backend or default_backend()
+    if backend not in ("vllm", "transformers"):
+        raise InputError(f"unknown backend '{backend}' (vllm or transformers)")
+    # Generation first, through the engine when there is one; then multiple choice with transformers.
+    order = sorted(range(len(loaded)), key=lambda i: loaded[i].kind != "vqa")
+    model: HFVisionModel | EngineVision | None = None
+    own_engine = engine is None
+    by_index: dict[int, dict[str, Any]] = {}
+    for i in order:
+        task = loaded[i]
+        want_engine = task.kind == "vqa" and (engine is not None or backend == "vllm")
+        if model is None or isinstance(model, EngineVision) != want_engine:
+            if model is not None and (isinstance(model, HFVisionModel) or own_engine):
+                model.close()
+            if want_engine:
+                from transformers import AutoProcessor
+
+                if engine is None:
+                    from lrpipe.engines import make_engine
+
+                    engine = make_engine("vllm", model_path, dtype="auto", limit_mm_per_prompt={"image": 1})
+                model = EngineVision(engine, AutoProcessor.from_pretrained(model_path))
+            else:
+                model = HFVisionModel(model_path)
+        by_index[i] = evaluate(model, task, Path(data), langs, limit=limit, batch_size=batch_size,
+                               source_lang=source_lang)
+    if model is not None and (isinstance(model, HFVisionModel) or own_engine):
+        model.close()
     results = []
-    for t in tasks:
-        task = load_task(t)
-        res = evaluate(model, task, Path(data), langs, limit=limit, batch_size=batch_size, source_lang=source_lang)
+    for i in range(len(loaded)):
+        task, res = loaded[i], by_index[i]
         with open(out / f"{task.name}.records.jsonl", "w") as fh:
             for lang, recs in res.pop("records").items():
-                for i, rec in recs.items():
-                    fh.write(json.dumps({"id": i, "language": lang, **rec}, ensure_ascii=False) + "\n")
+                for iid, rec in recs.items():
+                    fh.write(json.dumps({"id": iid, "language": lang, **rec}, ensure_ascii=False) + "\n")
         results.append(res)
     (out / "results.json").write_text(json.dumps({"model": model_path, "languages": langs, "results": results},
                                                  indent=2) + "\n")

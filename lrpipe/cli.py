@@ -522,6 +522,8 @@ def judge_cmd(
     language: str = typer.Option(..., help="Code of the language the answers must be written in (e.g. eu)."),
     language_name: str | None = typer.Option(None, help="Its name in the prompt (default: from the code)."),
     question_field: str = typer.Option("question"),
+    image_field: str | None = typer.Option(None, help="Column of the questions file with the image (bytes, "
+                                           "{bytes, path} or a path): an MLLM judge sees it (vllm engine)."),
     retries: int = typer.Option(2, help="Retries of an invalid verdict, each with a new seed."),
     seed: int = typer.Option(0),
     rows_per_unit: int = typer.Option(50, help="Questions per unit."),
@@ -543,7 +545,7 @@ def judge_cmd(
     try:
         qs = _read_file(str(questions)).to_pylist()
         for i, q in enumerate(qs):
-            for f in ("id", question_field):
+            for f in ("id", question_field, *([image_field] if image_field else [])):
                 if q.get(f) is None:
                     from lrpipe.errors import InputError
 
@@ -554,7 +556,7 @@ def judge_cmd(
         eng, model_id = _engine(engine, model, tp, max_model_len, gpu_memory_utilization, batch_size, base_url,
                                 dtype)
         stage = JudgeStage(qs, ans, eng, model_id, crit, language, question_field=question_field,
-                           rows_per_unit=rows_per_unit, retries=retries, seed=seed)
+                           image_field=image_field, rows_per_unit=rows_per_unit, retries=retries, seed=seed)
         rep = run_stage(stage, out, engine=eng, rank=rank, world_size=world_size, overwrite=overwrite,
                         progress=progress)
     except PipeError as e:
@@ -574,7 +576,9 @@ def eval_mm(
     data: Path = typer.Option(..., help="Folder with <task>/translated (pipe translate --sample output)."),
     out: Path = typer.Option(..., help="Run folder: results.json, results.md, per-instance records."),
     limit: int | None = typer.Option(None, help="First N instances per task (smoke tests)."),
-    batch_size: int = typer.Option(8, help="Generation batch size."),
+    batch_size: int = typer.Option(8, help="Generation batch size (transformers backend)."),
+    backend: str | None = typer.Option(None, help="Generation backend: vllm (default with a GPU and vLLM "
+                                       "installed) or transformers. Multiple choice always uses transformers."),
 ) -> None:
     """Multimodal close-ended benchmarks in two languages: VQAv2 (official and inclusion accuracy),
     A-OKVQA and PixMo-CapQA by log-likelihood (acc, acc_norm), with per-instance agreement."""
@@ -583,7 +587,7 @@ def eval_mm(
     lang_list = [x.strip() for x in langs.split(",") if x.strip()]
     try:
         results = run_eval_mm(model, [t.strip() for t in tasks.split(",") if t.strip()], lang_list, data, out,
-                              limit=limit, batch_size=batch_size, source_lang=lang_list[0])
+                              limit=limit, batch_size=batch_size, source_lang=lang_list[0], backend=backend)
     except PipeError as e:
         _fail(e)
     typer.echo(report_markdown(results, lang_list))

@@ -211,7 +211,7 @@ def _run_generation(stage: GenerationStage, units: list[UnitSpec], engine: Engin
     retries: deque[GenRequest] = deque()
 
     def wrap(idx: int, q: GenRequest) -> GenRequest:
-        return GenRequest(key=(idx, q.key), prompt=q.prompt, sampling=q.sampling, group=idx)
+        return GenRequest(key=(idx, q.key), prompt=q.prompt, sampling=q.sampling, group=idx, images=q.images)
 
     def request_stream() -> Iterator[GenRequest | None]:
         for u in units:

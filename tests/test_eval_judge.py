@@ -114,3 +114,46 @@ def test_judge_end_to_end_on_the_embedded_model(tmp_path, vllm_engine):
     assert all(r["verdict_ab"] in ("A", "B", "tie") and r["verdict_ba"] in ("A", "B", "tie") for r in rows)
     assert all(r["winner"] in ("model_a", "model_b", "tie") for r in rows)
     assert {r["criterion"] for r in rows} == {"relevance_language", "quality", "language_proficiency"}
+
+
+def test_an_mllm_judge_sees_the_image(tmp_path, tokenizer):
+    """With --image-field the request carries the question's image and the prompt has the processor's
+    image placeholder; a text-only engine is refused before anything runs."""
+    import io
+
+    from PIL import Image
+
+    from lrpipe.errors import InputError
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(buf, format="PNG")
+    qs = [dict(q, image={"bytes": buf.getvalue(), "path": None}) for q in QUESTIONS[:2]]
+
+    class Processor:
+        def apply_chat_template(self, msgs, add_generation_prompt):
+            parts = msgs[0]["content"]
+            return "".join("<image>" if p["type"] == "image" else p["text"] for p in parts) + "\nASSISTANT:"
+
+    class ImageJudge(PositionalJudge):
+        supports_images = True
+
+        def generate(self, requests):
+            for q in requests:
+                if q is WAIT:
+                    continue
+                self.seen.append(q)
+                yield GenResult(key=q.key, text=json.dumps({"relevance_language": "A", "quality": "B",
+                                                            "language_proficiency": "tie"}),
+                                finish_reason="stop", prompt_tokens=1, output_tokens=1)
+
+    eng = ImageJudge("mllm", tokenizer)
+    stage = JudgeStage(qs, read_answers(answers_files(tmp_path)), eng, "mllm", load_criteria(None, "Basque"), "eu",
+                       image_field="image", processor=Processor())
+    run_stage(stage, tmp_path / "battles", engine=eng, progress=False)
+    assert len(eng.seen) == 2 * 3 * 2  # questions x pairs x orders
+    for q in eng.seen:
+        assert q.prompt.startswith("<image>") and "[Answer A]" in q.prompt
+        assert len(q.images) == 1 and q.images[0].getpixel((0, 0)) == (200, 10, 10)
+    with pytest.raises(InputError, match="needs an engine that takes them"):
+        JudgeStage(qs, read_answers(answers_files(tmp_path)), PositionalJudge("t", tokenizer), "t",
+                   load_criteria(None, "Basque"), "eu", image_field="image", processor=Processor())

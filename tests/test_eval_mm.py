@@ -121,3 +121,57 @@ def test_eval_mm_end_to_end_on_a_tiny_llava(tiny_llava, data, tmp_path):
     assert {r["language"] for r in recs} == {"en", "eu"} and all(len(r["scores"]) == 4 for r in recs)
     md = (tmp_path / "run" / "results.md").read_text()
     assert "| a-okvqa | acc |" in md and "| vqav2 | inclusion_acc |" in md
+
+
+class ImageEngine:
+    """Stands in for vLLM (whose LLaVA support needs torchvision, absent from the CPU install): takes
+    image requests and answers 'red' to the English prompt, 'gorria' to the Basque one."""
+
+    name = "fake-vllm"
+    supports_images = True
+
+    def __init__(self):
+        self.requests, self.closed = [], False
+
+    def generate(self, requests):
+        from lrpipe.engines import GenResult
+
+        for r in requests:
+            self.requests.append(r)
+            text = "gorria" if "Zer kolore" in r.prompt else "Red."
+            yield GenResult(key=r.key, text=text, finish_reason="stop", prompt_tokens=1, output_tokens=1)
+
+    def close(self):
+        self.closed = True
+
+
+def test_eval_mm_generation_through_an_image_engine(tiny_llava, data, tmp_path):
+    from PIL import Image
+
+    eng = ImageEngine()
+    results = mm.run_eval_mm(tiny_llava, ["a-okvqa", "vqav2"], ["en", "eu"], data, tmp_path / "run", engine=eng)
+    by = {r["task"]: r for r in results}
+    assert [r["task"] for r in results] == ["a-okvqa", "vqav2"]  # written in the order asked
+    assert by["vqav2"]["metrics"]["en"]["vqa_acc"] == 1.0 and by["vqav2"]["metrics"]["eu"]["vqa_acc"] == 1.0
+    assert by["a-okvqa"]["metrics"]["en"]["n"] == 6  # multiple choice still scored by transformers
+    assert len(eng.requests) == 10 and not eng.closed  # a caller's engine is the caller's to close
+    r = eng.requests[0]
+    assert r.prompt.count("<image>") == 1 and r.prompt.endswith("<|im_start|>assistant\n")
+    assert "What color is it?\nAnswer the question using a single word or phrase." in r.prompt
+    assert r.sampling.temperature == 0.0 and len(r.images) == 1 and isinstance(r.images[0], Image.Image)
+
+
+def test_text_only_engines_refuse_images():
+    from lrpipe.engines.base import GenRequest, Sampling
+    from lrpipe.engines.vllm_engine import VLLMEngine
+
+    class TextOnly:
+        name = "transformers"
+
+    with pytest.raises(mm.InputError, match="cannot take images"):
+        mm.EngineVision(TextOnly(), None)
+    req = GenRequest(key=1, prompt="<image>\nWhat?", sampling=Sampling(), images=["IMG"])
+    assert VLLMEngine._prompt(req) == {"prompt": "<image>\nWhat?", "multi_modal_data": {"image": "IMG"}}
+    req2 = GenRequest(key=2, prompt=[1, 2, 3], sampling=Sampling(), images=["A", "B"])
+    assert VLLMEngine._prompt(req2) == {"prompt_token_ids": [1, 2, 3], "multi_modal_data": {"image": ["A", "B"]}}
+    assert VLLMEngine._prompt(GenRequest(key=3, prompt="x", sampling=Sampling())) == {"prompt": "x"}

@@ -26,7 +26,7 @@ def make_engine(name: str | None, model: str, **options: Any) -> Engine:
         from lrpipe.engines.vllm_engine import VLLMEngine
 
         keep = {"tensor_parallel_size", "dtype", "max_model_len", "gpu_memory_utilization", "enforce_eager",
-                "max_num_seqs", "max_inflight", "seed", "enable_prefix_caching"}
+                "max_num_seqs", "max_inflight", "seed", "enable_prefix_caching", "limit_mm_per_prompt"}
         return VLLMEngine(model, **{k: v for k, v in opts.items() if k in keep})
     if name == "transformers":
         from lrpipe.engines.hf import TransformersEngine

@@ -46,6 +46,9 @@ class GenRequest:
     prompt: list[int] | str
     sampling: Sampling
     group: Any = None
+    # Images (PIL) for a multimodal model; the prompt already holds the model's image placeholder once
+    # per image (rendered through the processor's chat template), which the engine expands.
+    images: list[Any] | None = None
 
 
 @dataclass
@@ -98,6 +101,9 @@ class Engine(abc.ABC):
     """Base class. Subclasses implement :meth:`generate` and :meth:`score`."""
 
     name: str = "engine"
+    #: Whether requests may carry images (multimodal models). Stages check it before they start, so a
+    #: text-only engine is refused up front instead of failing every request.
+    supports_images: bool = False
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -131,6 +137,11 @@ class Engine(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook; engines without resources to free keep it
         """Free the engine's resources (processes, memory)."""
+
+    def _text_only(self, req: GenRequest) -> GenResult:
+        """The error result a text-only engine gives a request with images."""
+        return GenResult(key=req.key, text="", finish_reason="error", prompt_tokens=0, output_tokens=0,
+                         error=f"engine {self.name} is text-only; requests with images need --engine vllm")
 
     def _split_score(self, req: ScoreRequest) -> tuple[list[int], list[int]]:
         tok = self.tokenizer

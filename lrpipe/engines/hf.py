@@ -70,6 +70,9 @@ class TransformersEngine(Engine):
                     yield from self._run_batch(batch)
                     batch = []
                 continue
+            if req.images:
+                yield self._text_only(req)
+                continue
             if batch and (len(batch) >= self.batch_size or req.group != group):
                 yield from self._run_batch(batch)
                 batch = []

@@ -73,6 +73,8 @@ class OpenAIEngine(Engine):
         raise RuntimeError(f"server at {self.base_url} failed after {self.retries} tries: {last}")
 
     def _one(self, r: GenRequest) -> GenResult:
+        if r.images:  # the completions endpoint takes no images
+            return self._text_only(r)
         s = r.sampling
         body: dict[str, Any] = {"model": self.served_model, "prompt": r.prompt, "temperature": s.temperature,
                                 "top_p": s.top_p, "max_tokens": s.max_tokens, "n": 1}

@@ -37,6 +37,7 @@ def _on_cpu() -> bool:
 
 class VLLMEngine(Engine):
     name = "vllm"
+    supports_images = True
 
     def __init__(self, model: str, *, tensor_parallel_size: int = 1, dtype: str = "auto",
                  max_model_len: int | None = None, gpu_memory_utilization: float | None = None,
@@ -119,14 +120,19 @@ class VLLMEngine(Engine):
         return SamplingParams(**kw)
 
     @staticmethod
-    def _prompt(p: list[int] | str) -> Any:
-        return p if isinstance(p, str) else {"prompt_token_ids": list(p)}
+    def _prompt(r: GenRequest) -> Any:
+        """vLLM's prompt dict: text or token ids, plus ``multi_modal_data`` when the request has images
+        (vLLM's processor expands each image placeholder into the model's patch tokens)."""
+        p: dict[str, Any] = {"prompt": r.prompt} if isinstance(r.prompt, str) else {"prompt_token_ids": list(r.prompt)}
+        if r.images:
+            p["multi_modal_data"] = {"image": r.images[0] if len(r.images) == 1 else list(r.images)}
+        return p
 
     def _enqueue(self, chunk: list[GenRequest]) -> tuple[list[tuple[str, GenRequest]], list[GenResult]]:
         """Queue a chunk; if the chunk is refused (one bad prompt), queue one by one and turn the bad
         ones into error results instead of failing the run."""
         try:
-            ids = self.llm.enqueue([self._prompt(r.prompt) for r in chunk],
+            ids = self.llm.enqueue([self._prompt(r) for r in chunk],
                                    [self._params(r.sampling) for r in chunk], use_tqdm=False)
             return list(zip(ids, chunk)), []
         except Exception:
