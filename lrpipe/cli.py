@@ -22,6 +22,9 @@ app.add_typer(models_app, name="models")
 eval_app = typer.Typer(help="Evaluate: agreement, correlation, safety (benchmarks and arena scoring too).",
                        no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
+train_app = typer.Typer(help="Train from packed shards (FSDP2; launch with torchrun or accelerate launch).",
+                        no_args_is_help=True)
+app.add_typer(train_app, name="train")
 
 
 # ------------------------------------------------------------------------------------------ engine opts
@@ -760,6 +763,137 @@ def models_prepare(force: bool = typer.Option(False, help="Convert again even if
         typer.echo(str(prepare_embedded_model(force=force)))
     except PipeError as e:
         _fail(e)
+
+
+# ------------------------------------------------------------------------------------------ train
+def _train_overrides(**kw: Any) -> dict[str, Any]:
+    kw = {k: v for k, v in kw.items() if v is not None}
+    if "betas" in kw:
+        kw["betas"] = tuple(float(x) for x in kw["betas"].split(","))
+    return kw
+
+
+_T = {
+    "data": typer.Option(None, help="Training data: pipe pack output (text) or a pipe mix directory (mllm)."),
+    "model": typer.Option(None, help="HF id or folder (or a config.json with --init random)."),
+    "out": typer.Option(None, help="Run folder: checkpoints/, log.jsonl, final/ (the exported model)."),
+    "recipe": typer.Option(None, help="YAML with any training fields (training/configs/*.yaml); options override it."),
+    "init": typer.Option(None, help="pretrained (default) | random (from the model's config)."),
+    "lr": typer.Option(None, help="Peak learning rate."),
+    "min_lr_ratio": typer.Option(None, help="Cosine floor as a fraction of the peak."),
+    "warmup_ratio": typer.Option(None),
+    "weight_decay": typer.Option(None),
+    "betas": typer.Option(None, help="AdamW betas, e.g. 0.9,0.95."),
+    "epochs": typer.Option(None),
+    "max_steps": typer.Option(None, help="Stop after N optimizer steps (the schedule spans them)."),
+    "micro_batch": typer.Option(None, help="Rows per GPU per forward pass."),
+    "tokens_per_step": typer.Option(None, help="Tokens per optimizer step, reached by gradient accumulation."),
+    "global_batch": typer.Option(None, help="Rows per optimizer step (instead of --tokens-per-step)."),
+    "seed": typer.Option(None),
+    "neftune_alpha": typer.Option(None, help="NEFTune noise alpha (the released configs: 5)."),
+    "dtype": typer.Option(None, help="bf16 | fp32 | auto (bf16 on GPUs)."),
+    "attn": typer.Option(None, help="auto | flash | sdpa | eager."),
+    "sharding": typer.Option(None, help="full (FSDP over all ranks) | hybrid (shard in a node, replicate across)."),
+    "save_every": typer.Option(None, help="Checkpoint every N steps (and on SIGTERM/SIGUSR1)."),
+    "keep_checkpoints": typer.Option(None),
+    "gradient_checkpointing": typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
+    "export": typer.Option(None, "--export/--no-export", help="Write the HF folder at the end."),
+    "log_every": typer.Option(None),
+    "peak_tflops": typer.Option(None, help="Accelerator peak for MFU when the table does not know it."),
+}
+
+
+def _run_training(kind: str, recipe: Path | None, stage: int | None, overrides: dict[str, Any]) -> None:
+    from lrpipe.training.config import load_config
+
+    try:
+        cfg = load_config(recipe, overrides, stage=stage)
+        if kind == "text":
+            from lrpipe.training.text import TextTask
+
+            task: Any = TextTask(cfg)
+        else:
+            from lrpipe.training.mllm import MLLMTask
+
+            task = MLLMTask(cfg)
+        from lrpipe.training.loop import train
+
+        res = train(cfg, task)
+    except PipeError as e:
+        _fail(e)
+    if int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(json.dumps(res))
+
+
+@train_app.command("text")
+def train_text(
+    data: str = _T["data"], model: str = _T["model"], out: str = _T["out"], recipe: Path | None = _T["recipe"],
+    init: str | None = _T["init"], lr: float | None = _T["lr"], min_lr_ratio: float | None = _T["min_lr_ratio"],
+    warmup_ratio: float | None = _T["warmup_ratio"], weight_decay: float | None = _T["weight_decay"],
+    betas: str | None = _T["betas"], epochs: float | None = _T["epochs"], max_steps: int | None = _T["max_steps"],
+    micro_batch: int | None = _T["micro_batch"], tokens_per_step: int | None = _T["tokens_per_step"],
+    global_batch: int | None = _T["global_batch"], seed: int | None = _T["seed"],
+    neftune_alpha: float | None = _T["neftune_alpha"], dtype: str | None = _T["dtype"], attn: str | None = _T["attn"],
+    sharding: str | None = _T["sharding"], save_every: int | None = _T["save_every"],
+    keep_checkpoints: int | None = _T["keep_checkpoints"], gradient_checkpointing: bool | None = _T["gradient_checkpointing"],
+    export: bool | None = _T["export"], log_every: int | None = _T["log_every"],
+    peak_tflops: float | None = _T["peak_tflops"],
+) -> None:
+    """Text SFT on pipe pack shards. Defaults: the instruction study's Table 5. Resumes from the run
+    folder's latest checkpoint by itself. Multi-GPU: torchrun --nproc_per_node 8 --no-python pipe train text ..."""
+    ov = _train_overrides(**{k: v for k, v in locals().items() if k != "recipe"})
+    _run_training("text", recipe, None, ov)
+
+
+@train_app.command("mllm")
+def train_mllm(
+    stage: int = typer.Option(..., help="1: connector only on captions; 2: connector + LLM on instructions."),
+    data: str = _T["data"], model: str = _T["model"], out: str = _T["out"], recipe: Path | None = _T["recipe"],
+    vision: str | None = typer.Option(None, help="Stage 1 from parts: the vision encoder (CLIP ViT-L/14-336); "
+                                      "--model is then the LLM."),
+    max_length: int | None = typer.Option(None, help="Longest sample in tokens (image tokens included)."),
+    image_field: str | None = typer.Option(None, help="Column with the image."),
+    lr: float | None = _T["lr"], warmup_ratio: float | None = _T["warmup_ratio"],
+    weight_decay: float | None = _T["weight_decay"], epochs: float | None = _T["epochs"],
+    max_steps: int | None = _T["max_steps"], micro_batch: int | None = _T["micro_batch"],
+    global_batch: int | None = _T["global_batch"], seed: int | None = _T["seed"], dtype: str | None = _T["dtype"],
+    attn: str | None = _T["attn"], sharding: str | None = _T["sharding"], save_every: int | None = _T["save_every"],
+    keep_checkpoints: int | None = _T["keep_checkpoints"],
+    gradient_checkpointing: bool | None = _T["gradient_checkpointing"], export: bool | None = _T["export"],
+    log_every: int | None = _T["log_every"], peak_tflops: float | None = _T["peak_tflops"],
+) -> None:
+    """LLaVA-style model: vision encoder (second-to-last layer) + single linear connector + LLM, in the
+    multimodal study's two stages; exports a LlavaForConditionalGeneration folder pipe eval mm scores."""
+    ov = _train_overrides(**{k: v for k, v in locals().items() if k not in ("recipe", "stage")})
+    _run_training("mllm", recipe, stage, ov)
+
+
+@train_app.command("export")
+def train_export(
+    run: Path = typer.Argument(..., help="Run folder (its latest checkpoint) or one checkpoint folder."),
+    out: Path = typer.Option(..., help="Output HF folder."),
+) -> None:
+    """Consolidate a sharded checkpoint into a Hugging Face folder (one process, CPU)."""
+    from lrpipe.training.checkpoint import resolve_checkpoint
+    from lrpipe.training.config import TrainConfig
+
+    try:
+        ck = resolve_checkpoint(run)
+        run_dir = ck.parent.parent
+        cfg = TrainConfig.model_validate(json.loads((run_dir / "config.json").read_text()))
+        if cfg.stage:
+            from lrpipe.training.mllm import export_llava
+
+            path = export_llava(cfg, ck, out)
+        else:
+            from lrpipe.training.text import export_causal_lm, pack_tokenizer
+
+            path = export_causal_lm(cfg, ck, out, pack_tokenizer(cfg.data))
+    except PipeError as e:
+        _fail(e)
+    except FileNotFoundError as e:
+        _fail(PipeError(f"{e.filename}: not found (is this a pipe train run folder?)"))
+    typer.echo(f"{path}: exported from {ck}")
 
 
 @models_app.command("path")

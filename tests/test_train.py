@@ -1,0 +1,239 @@
+"""pipe train text: document masking, data layout, schedule, and FSDP2 runs under torchrun on CPU
+(gloo): loss falls, 2 ranks = 1 rank (global-batch loss), kill -9 + resume = the uninterrupted curve,
+SIGTERM on one rank saves on both, the exported folder gives the sharded model's logits."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lrpipe.training.data import Layout, StepSampler, additive_mask, collate, document_mask
+from lrpipe.training.loop import lr_lambda
+from tests.train_fixtures import packed_data
+
+torch = pytest.importorskip("torch")
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def tiny_llama(attn: str):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    return LlamaForCausalLM._from_config(cfg, attn_implementation=attn).eval()
+
+
+def _mask(b, attn):
+    return additive_mask(b["attention_mask"], torch.float32) if attn == "eager" else b["attention_mask"]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_block_mask_keeps_packed_documents_apart(attn):
+    """Perturbing document A moves none of document B's logits, and B's logits are those of B alone."""
+    model = tiny_llama(attn)
+    rng = np.random.default_rng(0)
+    lens = [7, 9, 4]  # A, B, padding-like third document
+    ids = rng.integers(0, 100, sum(lens))
+    row = {"input_ids": ids, "labels": ids.copy(), "position_ids": np.concatenate([np.arange(n) for n in lens]),
+           "seq_lens": np.array(lens)}
+    b = collate([row], flatten=False)
+    with torch.no_grad():
+        base = model(input_ids=b["input_ids"], position_ids=b["position_ids"],
+                     attention_mask=_mask(b, attn)).logits[0]
+        pert = dict(row, input_ids=ids.copy())
+        pert["input_ids"][:7] = (pert["input_ids"][:7] + 13) % 100
+        pb = collate([pert], flatten=False)
+        moved = model(input_ids=pb["input_ids"], position_ids=pb["position_ids"],
+                      attention_mask=_mask(pb, attn)).logits[0]
+        alone = model(input_ids=torch.from_numpy(ids[7:16]).unsqueeze(0)).logits[0]
+    assert (moved[:7] - base[:7]).abs().max() > 1e-3  # A itself did change
+    assert torch.allclose(moved[7:], base[7:], atol=1e-6)
+    assert torch.allclose(base[7:16], alone, atol=1e-5)
+    # the first token of each document is not a target (it would be predicted from the previous one)
+    assert (b["labels"][0, [0, 7, 16]] == -100).all() and (b["labels"][0, 1:7] >= 0).all()
+
+
+def test_document_mask_and_flattened_batches():
+    m = document_mask([np.array([2, 3])], 5)[0, 0]
+    assert m.tolist() == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 1, 1, 1]]
+    rows = [{"input_ids": np.arange(4), "labels": np.arange(4), "position_ids": np.array([0, 1, 0, 1]),
+             "seq_lens": np.array([2, 2])}] * 2
+    f = collate(rows, flatten=True)
+    assert f["input_ids"].shape == (1, 8) and "attention_mask" not in f
+    assert f["position_ids"][0].tolist() == [0, 1, 0, 1, 0, 1, 0, 1]
+    assert (f["labels"][0, [0, 2, 4, 6]] == -100).all()
+
+
+def test_layout_reaches_the_tokens_per_step_on_any_world_size():
+    lay = Layout.plan(micro=2, world=128, seq_len=8192, tokens_per_step=2 * 1024 * 1024, global_batch=None)
+    assert (lay.accum, lay.rows_per_step * 8192) == (1, 2 * 1024 * 1024)  # the study's 8B run: 128 GPUs, no accumulation
+    lay8 = Layout.plan(micro=2, world=8, seq_len=8192, tokens_per_step=2 * 1024 * 1024, global_batch=None)
+    assert lay8.accum == 16 and lay8.rows_per_step == 256
+    assert Layout.plan(micro=2, world=3, seq_len=8192, tokens_per_step=None, global_batch=32).rows_per_step == 36
+
+
+def test_sampler_sees_every_row_once_per_epoch_and_is_layout_free():
+    n = 50
+    a = StepSampler(n, Layout(micro=2, world=2, accum=1), seed=3)
+    b = StepSampler(n, Layout(micro=2, world=1, accum=2), seed=3)
+    seen = []
+    for step in range(a.total_steps(2.0)):
+        rows_a = sorted(r for k in range(1) for rank in range(2) for r in a.rows(step, k, rank))
+        rows_b = sorted(r for k in range(2) for r in b.rows(step, k, 0))
+        assert rows_a == rows_b
+        seen += rows_a
+    assert a.total_steps(2.0) == 25 and sorted(seen[:48]) != seen[:48]
+    assert sorted(seen[:50]) == list(range(50)) and sorted(seen[50:]) == list(range(50))
+
+
+def test_schedule_warmup_peak_and_cosine_floor():
+    f = lr_lambda(total=100, warmup=10, min_ratio=0.33)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.33 + 0.67 * 0.5) and f(100) == pytest.approx(0.33)
+    assert all(f(s) >= f(s + 1) for s in range(10, 100))
+
+
+# ------------------------------------------------------------------------------ torchrun (2 ranks, gloo)
+ARGS = ["--init", "random", "--max-steps", "12", "--global-batch", "8", "--micro-batch", "2", "--lr", "2e-3",
+        "--save-every", "4", "--dtype", "fp32", "--seed", "0", "--keep-checkpoints", "5"]
+
+
+def _env(**extra):
+    env = dict(os.environ, PIPE_PROGRESS="0", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra)
+    env.pop("RANK", None)
+    return env
+
+
+def torchrun(run: Path, data: Path, model: Path, *extra: str, nproc: int = 2, env: dict | None = None,
+             check: bool = True, **popen) -> subprocess.CompletedProcess:
+    cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "lrpipe.training", "text", "--data", str(data), "--model", str(model), "--out", str(run), *ARGS,
+           *extra]
+    res = subprocess.run(cmd, env=env or _env(), capture_output=True, text=True, timeout=600)
+    if check:
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
+def curve(run: Path) -> dict[int, float]:
+    """step -> loss, the last record of each step (a resumed run logs the replayed steps again)."""
+    out = {}
+    for line in (run / "log.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if "loss" in r:
+            out[r["step"]] = r["loss"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def fixture_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    model, data = packed_data(root)
+    return root, model, data
+
+
+@pytest.fixture(scope="module")
+def full_run(fixture_dir):
+    root, model, data = fixture_dir
+    run = root / "full"
+    torchrun(run, data, model)
+    return run
+
+
+@pytest.mark.slow
+def test_two_ranks_train_and_match_one_rank(fixture_dir, full_run):
+    root, model, data = fixture_dir
+    c2 = curve(full_run)
+    assert sorted(c2) == list(range(1, 13))
+    assert c2[12] < c2[1] - 0.3, c2  # loss falls
+    one = root / "one"
+    torchrun(one, data, model, nproc=1)
+    c1 = curve(one)
+    # one rank accumulates 4 micro batches where two ranks take 2 each: the same rows per step and the
+    # same loss, because the loss is averaged over the loss tokens of the whole global batch
+    assert max(abs(c1[s] - c2[s]) for s in c2) < 1e-5
+    start = json.loads((one / "log.jsonl").read_text().splitlines()[0])
+    assert start["accum"] == 4 and start["world"] == 1
+
+
+@pytest.mark.slow
+def test_kill_9_and_resume_reproduce_the_uninterrupted_curve(fixture_dir, full_run):
+    root, model, data = fixture_dir
+    run = root / "killed"
+    res = torchrun(run, data, model, env=_env(PIPE_TRAIN_KILL_AT_STEP="6"), check=False)
+    assert res.returncode != 0
+    assert [p.name for p in (run / "checkpoints").glob("step_*")] == ["step_00000004"]
+    torchrun(run, data, model)  # same command: picks up the latest checkpoint by itself
+    events = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if '"event"' in x]
+    assert [e["event"] for e in events] == ["start", "resume", "done"] and events[1]["step"] == 4
+    full, resumed = curve(full_run), curve(run)
+    assert sorted(resumed) == list(range(1, 13))
+    assert max(abs(full[s] - resumed[s]) for s in full) < 1e-6  # same samples, same RNG, same state
+
+
+@pytest.mark.slow
+def test_sigterm_on_one_rank_saves_on_both_and_resumes(fixture_dir):
+    root, model, data = fixture_dir
+    run = root / "preempted"
+    cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lrpipe.training",
+           "text", "--data", str(data), "--model", str(model), "--out", str(run), *ARGS[:2], "--max-steps", "100000",
+           *ARGS[4:8], "--save-every", "100000", "--dtype", "fp32", "--lr", "1e-4"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "log.jsonl").exists() or len(curve(run)) < 3:
+        time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2
+    os.kill(int(workers[1]), signal.SIGTERM)  # only one rank is told
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    events = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if '"event"' in x]
+    assert events[-1]["event"] == "preempted"
+    stopped = events[-1]["step"]
+    ck = sorted((run / "checkpoints").glob("step_*"))
+    assert [p.name for p in ck] == [f"step_{stopped:08d}"]
+    assert sorted(p.name for p in ck[0].glob("extra_rank*.pt")) == ["extra_rank0.pt", "extra_rank1.pt"]
+    res = subprocess.run(cmd, env=_env(PIPE_TRAIN_KILL_AT_STEP=str(stopped + 1)), capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode != 0  # killed on purpose right after its first step
+    resume = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if '"resume"' in x]
+    assert resume and resume[-1]["step"] == stopped
+
+
+@pytest.mark.slow
+def test_export_gives_the_sharded_models_logits(fixture_dir, full_run, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    probe = tmp_path / "sharded.npy"
+    res = subprocess.run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(ROOT / "tests" / "train_probe.py"), str(full_run), str(probe)],
+                         env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    sharded = np.load(probe)
+    ids = torch.tensor([[5, 17, 33, 2, 99, 41, 8, 64, 120, 7, 300, 12]])
+    for folder in (full_run / "final", tmp_path / "exported"):
+        if folder.name == "exported":
+            from typer.testing import CliRunner
+
+            from lrpipe.cli import app
+
+            r = CliRunner().invoke(app, ["train", "export", str(full_run), "--out", str(folder)])
+            assert r.exit_code == 0, r.output
+        hf = AutoModelForCausalLM.from_pretrained(folder).eval()
+        with torch.no_grad():
+            logits = hf(input_ids=ids).logits.numpy()
+        assert np.abs(logits - sharded).max() < 1e-5
+        tok = AutoTokenizer.from_pretrained(folder)
+        assert tok.chat_template and "<|im_start|>" in tok.chat_template
+        assert (folder / "generation_config.json").exists() and (folder / "model.safetensors").exists()

@@ -1,0 +1,155 @@
+"""Sharded checkpoints (``torch.distributed.checkpoint``), preemption, and export to a HF folder.
+
+A checkpoint is ``RUN/checkpoints/step_XXXXXXXX/``: the DCP shards of model and optimizer (every rank
+writes its own, in parallel), plus one small ``extra_rank{r}.pt`` per rank with the scheduler, the step
+(which is the data position, see :mod:`lrpipe.training.data`) and that rank's RNG states. It is written
+under a ``.tmp`` name and renamed once every rank has finished, so a kill at any moment leaves either
+the previous checkpoint or the new one, never half of one; ``latest`` names the newest.
+
+SIGTERM (Slurm preemption, ``scancel``) and SIGUSR1 (``#SBATCH --signal=USR1@120`` before the time
+limit) only raise a flag; the loop checks it on every rank after each step (one all-reduce), saves and
+exits, so the ranks never disagree on where they stopped.
+
+Export loads a checkpoint on CPU in one process (DCP reads any sharding into a plain model) and writes
+``save_pretrained`` safetensors, the tokenizer with its chat template, and the generation config.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+
+from lrpipe.errors import InputError
+
+_STOP = {"signal": None}
+
+
+def install_signal_handlers() -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        _STOP["signal"] = signum
+
+    for s in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(s, handler)
+
+
+def stop_requested() -> int | None:
+    return _STOP["signal"]
+
+
+def rng_state() -> dict[str, Any]:
+    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state()
+    return st
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state(st["cuda"])
+
+
+def ckpt_dir(run: Path) -> Path:
+    return Path(run) / "checkpoints"
+
+
+def list_checkpoints(run: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a ``.tmp`` directory is an interrupted save)."""
+    d = ckpt_dir(run)
+    if not d.exists():
+        return []
+    return sorted(p for p in d.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")
+                  and (p / ".metadata").exists())
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    found = list_checkpoints(run)
+    return found[-1] if found else None
+
+
+def _barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def save(run: Path, step: int, model: torch.nn.Module, optim: torch.optim.Optimizer, sched: Any,
+         rank: int, keep: int, extra: dict[str, Any] | None = None) -> Path:
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    final = ckpt_dir(run) / f"step_{step:08d}"
+    tmp = final.with_name(final.name + ".tmp")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    msd, osd = get_state_dict(model, optim)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp))
+    torch.save({"step": step, "sched": sched.state_dict(), "rng": rng_state(), **(extra or {})},
+               tmp / f"extra_rank{rank}.pt")
+    _barrier()
+    if rank == 0:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        (ckpt_dir(run) / "latest.tmp").write_text(final.name + "\n")
+        os.replace(ckpt_dir(run) / "latest.tmp", ckpt_dir(run) / "latest")
+        for old in list_checkpoints(run)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def load(path: Path, model: torch.nn.Module, optim: torch.optim.Optimizer, sched: Any, rank: int) -> dict[str, Any]:
+    """Restore model, optimizer, scheduler and this rank's RNG; returns the extra record (``step``…)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    msd, osd = get_state_dict(model, optim)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    f = path / f"extra_rank{rank}.pt"
+    if not f.exists():  # resumed on more ranks than saved: scheduler and step are the same on every rank
+        f = path / "extra_rank0.pt"
+    extra = torch.load(f, weights_only=False)
+    sched.load_state_dict(extra["sched"])
+    if f.name == f"extra_rank{rank}.pt":
+        set_rng_state(extra["rng"])
+    return extra
+
+
+def load_model_weights(path: Path, model: torch.nn.Module) -> None:
+    """Model weights of a checkpoint into a plain (unsharded, single-process) model."""
+    if not (path / ".metadata").exists():
+        raise InputError("not a complete checkpoint (no .metadata)", path=str(path))
+    import warnings
+
+    sd = model.state_dict()
+    state = {"model": sd}
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(path))
+    missing = [k for k in sd if k not in state["model"]]
+    if missing:  # pragma: no cover - DCP raises first
+        raise InputError(f"checkpoint lacks {missing[:3]}", path=str(path))
+    model.load_state_dict(state["model"])
+
+
+def resolve_checkpoint(run_or_ckpt: str | Path) -> Path:
+    p = Path(run_or_ckpt)
+    if (p / ".metadata").exists():
+        return p
+    found = latest_checkpoint(p)
+    if found is None:
+        raise InputError("no complete checkpoint here", path=str(p))
+    return found

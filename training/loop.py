@@ -1,0 +1,211 @@
+"""The training loop: one function that reads top to bottom (nanoGPT's shape, torchtitan's parts).
+
+Why our own loop and not ``transformers.Trainer``/TRL: the three things this project needs most are
+where those trainers are weakest for packed pre-tokenized shards on FSDP2 — (1) the data position is
+the step number, so a killed job resumes at the same sample without replaying a dataloader; (2) the
+loss is averaged over the loss tokens of the *whole global batch* (all ranks, all micro batches),
+which needs the global count before the first backward; (3) a checkpoint holds model, optimizer,
+scheduler, RNG and data position as one DCP directory written by every rank in parallel, also on
+SIGTERM. Everything else comes from the libraries: models and loss from transformers, sharding from
+``torch.distributed.fsdp.fully_shard``, checkpoints from ``torch.distributed.checkpoint``.
+
+A *task* supplies what differs between text SFT and the multimodal model (:mod:`.text`, :mod:`.mllm`):
+how to build the model, which blocks to shard and what to freeze, how to turn row indices into a
+batch and a batch into a loss, and how to export.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from lrpipe.training import checkpoint as ckpt
+from lrpipe.training.config import TrainConfig
+from lrpipe.training.data import Layout, StepSampler
+from lrpipe.training.metrics import RunLog, dense_params, peak_tflops
+from lrpipe.training.parallel import Env, all_sum, any_rank, init_distributed, make_mesh, materialize
+
+
+class Task(Protocol):
+    name: str
+    n_rows: int
+    seq_len: int
+
+    def build(self, meta: bool) -> torch.nn.Module: ...
+    def prepare(self, model: torch.nn.Module) -> list[torch.nn.Module]: ...
+    def batch(self, rows: list[int]) -> dict[str, Any]: ...
+    def loss_tokens(self, batch: dict[str, Any]) -> int: ...
+    def forward(self, model: torch.nn.Module, batch: dict[str, Any], n_items: float) -> torch.Tensor: ...
+    def step_flops(self, batches: list[dict[str, Any]], n_dense: int) -> tuple[float, int]: ...
+    def export(self, checkpoint: Path, out: Path) -> Path: ...
+
+
+def lr_lambda(total: int, warmup: int, min_ratio: float):
+    """Linear warmup to the peak, then cosine down to ``min_ratio`` × peak at the last step."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def use_bf16(cfg: TrainConfig, env: Env) -> bool:
+    if cfg.dtype == "auto":  # bf16 on GPUs; on CPU bf16 is emulated (slow) on most machines
+        return env.device.type == "cuda"
+    return cfg.dtype == "bf16"
+
+
+def add_neftune(model: torch.nn.Module, alpha: float, seq_len: int) -> None:
+    """NEFTune (Jain et al. 2023): uniform noise of scale α/√(L·d) on the input embeddings, training only."""
+    emb = model.get_input_embeddings()
+
+    def hook(mod: torch.nn.Module, _inp: Any, out: torch.Tensor) -> torch.Tensor:
+        if not mod.training:
+            return out
+        mag = alpha / math.sqrt(seq_len * out.size(-1))
+        return out + torch.zeros_like(out).uniform_(-mag, mag)
+
+    emb.register_forward_hook(hook)
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig, env: Env) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and norm weights (1-D parameters)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                             fused=env.device.type == "cuda")
+
+
+def train(cfg: TrainConfig, task: Task) -> dict[str, Any]:
+    env = init_distributed()
+    run = Path(cfg.out)
+    bf16 = use_bf16(cfg, env)
+    task.compute_dtype = torch.bfloat16 if bf16 else torch.float32
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    # ---- model: built on meta everywhere, rank 0's weights broadcast into the shards
+    mesh = make_mesh(env, cfg.sharding)
+    model = materialize(task.build, task.prepare, env, mesh, bf16)
+    if cfg.neftune_alpha:
+        add_neftune(model, cfg.neftune_alpha, task.seq_len)
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_dense = dense_params(model)
+    optim = _optimizer(model, cfg, env)
+
+    # ---- data layout and schedule
+    layout = Layout.plan(micro=cfg.micro_batch, world=env.world, seq_len=task.seq_len,
+                         tokens_per_step=cfg.tokens_per_step, global_batch=cfg.global_batch)
+    sampler = StepSampler(task.n_rows, layout, cfg.seed)
+    total = sampler.total_steps(cfg.epochs)
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    if total < 1:
+        from lrpipe.errors import InputError
+
+        raise InputError(f"{task.n_rows} rows make no full step of {layout.rows_per_step} rows", path=cfg.data)
+    warmup = max(1, math.ceil(cfg.warmup_ratio * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(total, warmup, cfg.min_lr_ratio))
+
+    # ---- resume
+    start = 0
+    found = ckpt.latest_checkpoint(run)
+    if found is not None:
+        start = ckpt.load(found, model, optim, sched, env.rank)["step"]
+    elif env.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2) + "\n")
+    ckpt.install_signal_handlers()
+    log = RunLog(run, env.rank, resume=start > 0)
+    peak = peak_tflops(cfg.peak_tflops)
+    if env.is_main:
+        log.write({"event": "start" if start == 0 else "resume", "step": start, "total_steps": total,
+                   "world": env.world, "accum": layout.accum, "rows_per_step": layout.rows_per_step,
+                   "tokens_per_step": layout.rows_per_step * task.seq_len, "params_dense": n_dense,
+                   "bf16": bf16, "device": str(env.device)})
+    bar = None
+    if env.is_main and os.environ.get("PIPE_PROGRESS", "1") != "0":
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=start, desc=f"train {task.name}", unit="step", dynamic_ncols=True)
+
+    # ---- the loop
+    model.train()
+    kill_at = int(os.environ.get("PIPE_TRAIN_KILL_AT_STEP", "-1"))  # fault injection for the resume test
+    stopped = None
+    step = start
+    for step in range(start, total):
+        t0 = time.perf_counter()
+        batches = [task.batch(sampler.rows(step, k, env.rank)) for k in range(layout.accum)]
+        n_items = all_sum(sum(task.loss_tokens(b) for b in batches), env)  # loss tokens of the global batch
+        loss_sum = torch.zeros((), device=env.device)
+        for b in batches:
+            loss = task.forward(model, _to(b, env.device), max(n_items, 1.0) / env.world)
+            loss.backward()
+            loss_sum += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        optim.step()
+        lr = sched.get_last_lr()[0]
+        sched.step()
+        optim.zero_grad(set_to_none=True)
+        if env.device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        mean_loss = all_sum(float(loss_sum), env) / env.world
+        flops, tokens = task.step_flops(batches, n_dense)
+        flops, tokens = all_sum(flops, env), int(all_sum(tokens, env))
+        rec = {"step": step + 1, "loss": mean_loss, "grad_norm": float(grad_norm), "lr": lr,
+               "loss_tokens": int(n_items), "tokens": tokens, "tokens_per_s_per_gpu": tokens / dt / env.world,
+               "step_time": dt}
+        if peak:
+            rec["mfu"] = flops / dt / env.world / (peak * 1e12)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+            log.write(rec)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{rec['tokens_per_s_per_gpu']:.0f}",
+                            **({"mfu": f"{rec['mfu']:.1%}"} if "mfu" in rec else {}))
+        if step + 1 == kill_at and env.is_main:
+            os.kill(os.getpid(), 9)
+        stop = any_rank(ckpt.stop_requested() is not None, env)
+        if stop or (step + 1) % cfg.save_every == 0 or step + 1 == total:
+            ckpt.save(run, step + 1, model, optim, sched, env.rank, cfg.keep_checkpoints)
+        if stop:
+            stopped = ckpt.stop_requested() or "peer"
+            break
+    if bar is not None:
+        bar.close()
+
+    result: dict[str, Any] = {"run": str(run), "steps": total, "stopped_at": step + 1 if stopped else None}
+    if stopped:
+        log.write({"event": "preempted", "step": step + 1, "signal": str(stopped)})
+    elif env.is_main:
+        log.write({"event": "done", "step": total})
+    log.close()
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    if not stopped and cfg.export and env.is_main:
+        result["export"] = str(task.export(ckpt.latest_checkpoint(run), run / "final"))
+    return result
