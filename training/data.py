@@ -33,29 +33,26 @@ IGNORE = -100
 COLUMNS = ("input_ids", "labels", "position_ids", "seq_lens")
 
 
-class PackedShards:
-    """Row-addressable view of a ``pipe pack`` directory (memory-mapped IPC files)."""
+class MappedShards:
+    """Row-addressable view of a shard directory (memory-mapped Arrow files, opened on first use)."""
+
+    what = "a shard directory"
 
     def __init__(self, path: str | Path) -> None:
         from lrpipe.shards import ShardDir
 
         self.path = Path(path)
         if not ShardDir.is_shard_dir(self.path):
-            raise InputError("not a shard directory (expected pipe pack output)", path=str(self.path))
+            raise InputError(f"not a shard directory (expected {self.what})", path=str(self.path))
         sd = ShardDir.open(self.path)
         self.header = sd.header()
         self.files = sd.data_files()
         if not self.files:
-            raise InputError("no packed rows", path=str(self.path))
+            raise InputError("no rows", path=str(self.path))
         self._tables: list[pa.Table | None] = [None] * len(self.files)
         self._maps: list[Any] = []
         counts = [self._table(k).num_rows for k in range(len(self.files))]
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        first = self._table(0)
-        missing = [c for c in COLUMNS if c not in first.column_names]
-        if missing:
-            raise InputError(f"missing columns {missing} (is this pipe pack output?)", path=str(self.files[0]))
-        self.seq_len = len(first.column("input_ids")[0])
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -75,10 +72,34 @@ class PackedShards:
             self._tables[k] = t
         return t
 
-    def row(self, i: int) -> dict[str, np.ndarray]:
+    def locate(self, i: int) -> tuple[int, int]:
+        """(file, row in file) of global row ``i``."""
+        if not 0 <= i < len(self):
+            raise IndexError(i)
         k = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        return k, i - int(self.offsets[k])
+
+    def record(self, i: int) -> dict[str, Any]:
+        k, j = self.locate(i)
+        return self._table(k).slice(j, 1).to_pylist()[0]
+
+
+class PackedShards(MappedShards):
+    """``pipe pack`` output: fixed-length rows of token columns, read without Python lists."""
+
+    what = "pipe pack output"
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path)
+        first = self._table(0)
+        missing = [c for c in COLUMNS if c not in first.column_names]
+        if missing:
+            raise InputError(f"missing columns {missing} (is this pipe pack output?)", path=str(self.files[0]))
+        self.seq_len = len(first.column("input_ids")[0])
+
+    def row(self, i: int) -> dict[str, np.ndarray]:
+        k, j = self.locate(i)
         t = self._table(k)
-        j = i - int(self.offsets[k])
         out = {}
         for c in COLUMNS:
             col, jj = t.column(c), j
@@ -92,9 +113,6 @@ class PackedShards:
             raise InputError(f"row has {len(out['input_ids'])} tokens, expected {self.seq_len}",
                              path=str(self.files[k]), row=j, field="input_ids")
         return out
-
-    def tokens_per_row(self) -> int:
-        return self.seq_len
 
 
 @dataclass(frozen=True)
