@@ -237,3 +237,27 @@ def test_export_gives_the_sharded_models_logits(fixture_dir, full_run, tmp_path)
         tok = AutoTokenizer.from_pretrained(folder)
         assert tok.chat_template and "<|im_start|>" in tok.chat_template
         assert (folder / "generation_config.json").exists() and (folder / "model.safetensors").exists()
+
+
+def test_shipped_recipes_load_and_stage_defaults_apply(tmp_path):
+    from lrpipe.errors import InputError
+    from lrpipe.training.config import load_config
+
+    cfgs = sorted((ROOT / "training" / "configs").glob("*.yaml"))
+    assert {p.stem for p in cfgs} >= {"text-8b", "text-70b", "mllm-stage1", "mllm-stage2"}
+    for p in cfgs:
+        stage = 1 if "stage1" in p.stem else 2 if "stage2" in p.stem else None
+        c = load_config(p, {"data": "d", "out": "o", "model": None if "text" in p.stem or stage == 1 else "m"},
+                        stage=stage)
+        if p.stem == "text-8b":
+            assert (c.lr, c.min_lr_ratio, c.warmup_ratio, c.weight_decay, c.betas, c.eps, c.micro_batch,
+                    c.tokens_per_step, c.epochs, c.seed, c.neftune_alpha, c.sharding) == \
+                (1e-5, 0.33, 0.1, 0.1, (0.9, 0.95), 1e-8, 2, 2 * 1024 * 1024, 4, 33, 5, "hybrid")
+        if stage == 1:
+            assert (c.train, c.lr, c.warmup_ratio, c.global_batch) == ("connector", 1e-3, 0.03, 32)
+        if stage == 2:
+            assert (c.train, c.lr, c.weight_decay, c.global_batch) == ("connector+llm", 2e-5, 0.01, 128)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: 1e-5\nlearning_rate: 3\n")
+    with pytest.raises(InputError, match="bad.yaml.*learning_rate"):
+        load_config(bad, {"data": "d", "out": "o", "model": "m"})

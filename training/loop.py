@@ -31,7 +31,15 @@ from lrpipe.training import checkpoint as ckpt
 from lrpipe.training.config import TrainConfig
 from lrpipe.training.data import Layout, StepSampler
 from lrpipe.training.metrics import RunLog, dense_params, peak_tflops
-from lrpipe.training.parallel import Env, all_sum, any_rank, init_distributed, make_mesh, materialize
+from lrpipe.training.parallel import (
+    Env,
+    all_sum,
+    any_rank,
+    init_distributed,
+    make_mesh,
+    materialize,
+    shutdown,
+)
 
 
 class Task(Protocol):
@@ -201,11 +209,7 @@ def train(cfg: TrainConfig, task: Task) -> dict[str, Any]:
     elif env.is_main:
         log.write({"event": "done", "step": total})
     log.close()
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    shutdown()
     if not stopped and cfg.export and env.is_main:
         result["export"] = str(task.export(ckpt.latest_checkpoint(run), run / "final"))
     return result

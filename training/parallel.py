@@ -46,11 +46,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+_OWN_ENV: dict[str, str] = {}
+
+
 def init_distributed() -> Env:
     """Join (or, alone, create) the process group: NCCL on GPUs, gloo on CPU."""
     if "RANK" not in os.environ:
-        os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
-                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())})
+        _OWN_ENV.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())})
+        os.environ.update(_OWN_ENV)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -64,6 +68,17 @@ def init_distributed() -> Env:
     if not dist.is_initialized():
         dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
     return Env(rank, world, local_rank, local_world, device)
+
+
+def shutdown() -> None:
+    """Leave the process group; a one-process run also takes back the launcher variables it set, so
+    the same Python process can go on (benchmarks, notebooks) as if it had never trained."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    for k in _OWN_ENV:
+        os.environ.pop(k, None)
+    _OWN_ENV.clear()
 
 
 def make_mesh(env: Env, sharding: str) -> Any:
