@@ -130,3 +130,38 @@ def test_image_chat_template_places_the_image_first():
     out = t.render(messages=[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q?"}]},
                              {"role": "assistant", "content": "A."}], add_generation_prompt=False)
     assert out == "<|im_start|>user\n<image>\nQ?<|im_end|>\n<|im_start|>assistant\nA.<|im_end|>\n"
+
+
+@pytest.mark.slow
+def test_text_only_batch_carries_an_unseen_blank_image(runs):
+    """The blank image in a text-only batch changes neither the loss nor any real token's logits."""
+    cfg = load_config(None, {"model": str(runs["s1"] / "final"), "data": str(runs["data"]), "out": "x",
+                             "max_length": 256}, stage=2)
+    task = MLLMTask(cfg)
+    model = task.build(meta=False).eval()
+    b = task.batch([30, 31])  # rows 24.. are text-only
+    assert b["_images"] == 0 and b["pixel_values"].shape[0] == 1
+    n = max(b["_lens"])
+    assert int((b["input_ids"][0, n:] == task.image_id).sum()) == task.n_patches
+    assert int(b["attention_mask"][:, n:].sum()) == 0 and bool((b["labels"][:, n:] == -100).all())
+    with torch.no_grad():
+        with_blank = model(**{k: v for k, v in b.items() if not k.startswith("_")}, num_items_in_batch=None)
+        lm = model.llava(input_ids=b["input_ids"][:, :n], attention_mask=b["attention_mask"][:, :n],
+                         labels=b["labels"][:, :n])
+        full = model.llava(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                           pixel_values=b["pixel_values"]).logits[:, :n]
+    assert abs(float(with_blank) - float(lm.loss)) < 1e-5
+    real = b["attention_mask"][:, :n].bool()
+    assert (full[real] - lm.logits[real]).abs().max() < 1e-4
+
+
+@pytest.mark.slow
+def test_deepspeed_zero3_trains_the_mllm_like_fsdp2(runs):
+    pytest.importorskip("deepspeed")
+    out = runs["root"] / "stage2-deepspeed"
+    train(2, "--model", str(runs["s1"] / "final"), "--data", str(runs["data"]), "--out", str(out),
+          "--parallel", "deepspeed", "--no-export")
+    from tests.test_train import curve
+
+    a, b = curve(runs["s2"]), curve(out)
+    assert sorted(a) == sorted(b) and max(abs(a[s] - b[s]) for s in a) < 1e-5

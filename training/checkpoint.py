@@ -1,9 +1,9 @@
 """Sharded checkpoints (``torch.distributed.checkpoint``), preemption, and export to a HF folder.
 
 A checkpoint is ``RUN/checkpoints/step_XXXXXXXX/``: the DCP shards of model and optimizer (every rank
-writes its own, in parallel), plus one small ``extra_rank{r}.pt`` per rank with the scheduler, the step
+writes its own, in parallel; DeepSpeed's own sharded checkpoint under ``deepspeed/`` on that backend), plus one small ``extra_rank{r}.pt`` per rank with the scheduler, the step
 (which is the data position, see :mod:`lrpipe.training.data`) and that rank's RNG states. It is written
-under a ``.tmp`` name and renamed once every rank has finished, so a kill at any moment leaves either
+under a ``.tmp`` name, marked ``.complete`` and renamed once every rank has finished, so a kill at any moment leaves either
 the previous checkpoint or the new one, never half of one; ``latest`` names the newest.
 
 SIGTERM (Slurm preemption, ``scancel``) and SIGUSR1 (``#SBATCH --signal=USR1@120`` before the time
@@ -31,6 +31,7 @@ import torch.distributed.checkpoint as dcp
 from lrpipe.errors import InputError
 
 _STOP = {"signal": None}
+COMPLETE = ".complete"
 
 
 def install_signal_handlers() -> None:
@@ -70,7 +71,7 @@ def list_checkpoints(run: Path) -> list[Path]:
     if not d.exists():
         return []
     return sorted(p for p in d.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")
-                  and (p / ".metadata").exists())
+                  and (p / COMPLETE).exists())
 
 
 def latest_checkpoint(run: Path) -> Path | None:
@@ -83,22 +84,22 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def save(run: Path, step: int, model: torch.nn.Module, optim: torch.optim.Optimizer, sched: Any,
-         rank: int, keep: int, extra: dict[str, Any] | None = None) -> Path:
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
+def save_with(run: Path, step: int, write: Any, sched: Any, rank: int, keep: int,
+              extra: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint atomically: every rank writes into ``step_N.tmp`` (``write(tmp)``: the sharded
+    state, and our per-rank extra file), rank 0 marks it complete and renames it, then prunes old ones."""
     final = ckpt_dir(run) / f"step_{step:08d}"
     tmp = final.with_name(final.name + ".tmp")
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier()
-    msd, osd = get_state_dict(model, optim)
-    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp))
+    write(tmp)
     torch.save({"step": step, "sched": sched.state_dict(), "rng": rng_state(), **(extra or {})},
                tmp / f"extra_rank{rank}.pt")
     _barrier()
     if rank == 0:
+        (tmp / COMPLETE).write_text(f"{step}\n")
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -110,14 +111,20 @@ def save(run: Path, step: int, model: torch.nn.Module, optim: torch.optim.Optimi
     return final
 
 
-def load(path: Path, model: torch.nn.Module, optim: torch.optim.Optimizer, sched: Any, rank: int) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler and this rank's RNG; returns the extra record (``step``…)."""
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+def save(run: Path, step: int, model: torch.nn.Module, optim: torch.optim.Optimizer, sched: Any,
+         rank: int, keep: int, extra: dict[str, Any] | None = None) -> Path:
+    """A DCP checkpoint of model and optimizer (FSDP2: every rank writes its own shards in parallel)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    msd, osd = get_state_dict(model, optim)
-    state = {"model": msd, "optim": osd}
-    dcp.load(state, checkpoint_id=str(path))
-    set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    def write(tmp: Path) -> None:
+        msd, osd = get_state_dict(model, optim)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp))
+
+    return save_with(run, step, write, sched, rank, keep, extra)
+
+
+def load_extra(path: Path, sched: Any, rank: int) -> dict[str, Any]:
+    """Scheduler and this rank's RNG from a checkpoint; returns the extra record (``step``…)."""
     f = path / f"extra_rank{rank}.pt"
     if not f.exists():  # resumed on more ranks than saved: scheduler and step are the same on every rank
         f = path / "extra_rank0.pt"
@@ -128,26 +135,44 @@ def load(path: Path, model: torch.nn.Module, optim: torch.optim.Optimizer, sched
     return extra
 
 
+def load(path: Path, model: torch.nn.Module, optim: torch.optim.Optimizer, sched: Any, rank: int) -> dict[str, Any]:
+    """Restore model, optimizer, scheduler and this rank's RNG; returns the extra record (``step``…)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    msd, osd = get_state_dict(model, optim)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    return load_extra(path, sched, rank)
+
+
 def load_model_weights(path: Path, model: torch.nn.Module) -> None:
-    """Model weights of a checkpoint into a plain (unsharded, single-process) model."""
-    if not (path / ".metadata").exists():
-        raise InputError("not a complete checkpoint (no .metadata)", path=str(path))
+    """Model weights of a checkpoint (DCP from FSDP2, or DeepSpeed ZeRO-3) into a plain model."""
     import warnings
 
+    if not (path / COMPLETE).exists():
+        raise InputError("not a complete checkpoint", path=str(path))
+    if (path / "deepspeed").is_dir():
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        sd = get_fp32_state_dict_from_zero_checkpoint(str(path), tag="deepspeed")
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        tied = {k for k in missing if k.endswith("lm_head.weight")}  # tied to the embedding: saved once
+        if set(missing) - tied or unexpected:
+            raise InputError(f"checkpoint does not fit the model (missing {sorted(missing)[:3]}, unexpected "
+                             f"{sorted(unexpected)[:3]})", path=str(path))
+        return
     sd = model.state_dict()
     state = {"model": sd}
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(state, checkpoint_id=str(path))
-    missing = [k for k in sd if k not in state["model"]]
-    if missing:  # pragma: no cover - DCP raises first
-        raise InputError(f"checkpoint lacks {missing[:3]}", path=str(path))
     model.load_state_dict(state["model"])
 
 
 def resolve_checkpoint(run_or_ckpt: str | Path) -> Path:
     p = Path(run_or_ckpt)
-    if (p / ".metadata").exists():
+    if (p / COMPLETE).exists():
         return p
     found = latest_checkpoint(p)
     if found is None:

@@ -46,7 +46,9 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool = True
     attn: Literal["auto", "flash", "sdpa", "eager"] = "auto"
     # parallelism
-    sharding: Literal["full", "hybrid", "none"] = "full"
+    parallel: Literal["fsdp2", "deepspeed"] = "fsdp2"
+    sharding: Literal["full", "hybrid"] = "full"
+    deepspeed_config: str | None = Field(None, description="DeepSpeed JSON (default training/configs/deepspeed-zero3.json)")
     # checkpoints
     save_every: int = 500
     keep_checkpoints: int = 2

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from lrpipe.training import checkpoint as ckpt
+from lrpipe.training.backends import BACKENDS
 from lrpipe.training.config import TrainConfig
 from lrpipe.training.data import Layout, StepSampler
 from lrpipe.training.metrics import RunLog, dense_params, peak_tflops
@@ -36,8 +37,6 @@ from lrpipe.training.parallel import (
     all_sum,
     any_rank,
     init_distributed,
-    make_mesh,
-    materialize,
     shutdown,
 )
 
@@ -89,17 +88,6 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _optimizer(model: torch.nn.Module, cfg: TrainConfig, env: Env) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases and norm weights (1-D parameters)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                             fused=env.device.type == "cuda")
-
-
 def train(cfg: TrainConfig, task: Task) -> dict[str, Any]:
     env = init_distributed()
     run = Path(cfg.out)
@@ -108,15 +96,6 @@ def train(cfg: TrainConfig, task: Task) -> dict[str, Any]:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-
-    # ---- model: built on meta everywhere, rank 0's weights broadcast into the shards
-    mesh = make_mesh(env, cfg.sharding)
-    model = materialize(task.build, task.prepare, env, mesh, bf16)
-    if cfg.neftune_alpha:
-        add_neftune(model, cfg.neftune_alpha, task.seq_len)
-    params = [p for p in model.parameters() if p.requires_grad]
-    n_dense = dense_params(model)
-    optim = _optimizer(model, cfg, env)
 
     # ---- data layout and schedule
     layout = Layout.plan(micro=cfg.micro_batch, world=env.world, seq_len=task.seq_len,
@@ -130,13 +109,20 @@ def train(cfg: TrainConfig, task: Task) -> dict[str, Any]:
 
         raise InputError(f"{task.n_rows} rows make no full step of {layout.rows_per_step} rows", path=cfg.data)
     warmup = max(1, math.ceil(cfg.warmup_ratio * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(total, warmup, cfg.min_lr_ratio))
+
+    # ---- model, optimizer and schedule on the chosen backend (FSDP2: meta build, rank 0's weights
+    # broadcast into the shards; DeepSpeed ZeRO-3 through accelerate)
+    backend = BACKENDS[cfg.parallel](cfg, task, env, bf16, lr_lambda(total, warmup, cfg.min_lr_ratio), layout.accum)
+    model = backend.model
+    if cfg.neftune_alpha:
+        add_neftune(model, cfg.neftune_alpha, task.seq_len)
+    n_dense = dense_params(model)
 
     # ---- resume
     start = 0
     found = ckpt.latest_checkpoint(run)
     if found is not None:
-        start = ckpt.load(found, model, optim, sched, env.rank)["step"]
+        start = backend.load(found)["step"]
     elif env.is_main:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2) + "\n")
@@ -147,7 +133,7 @@ def train(cfg: TrainConfig, task: Task) -> dict[str, Any]:
         log.write({"event": "start" if start == 0 else "resume", "step": start, "total_steps": total,
                    "world": env.world, "accum": layout.accum, "rows_per_step": layout.rows_per_step,
                    "tokens_per_step": layout.rows_per_step * task.seq_len, "params_dense": n_dense,
-                   "bf16": bf16, "device": str(env.device)})
+                   "bf16": bf16, "device": str(env.device), "parallel": cfg.parallel})
     bar = None
     if env.is_main and os.environ.get("PIPE_PROGRESS", "1") != "0":
         from tqdm import tqdm
@@ -166,22 +152,17 @@ def train(cfg: TrainConfig, task: Task) -> dict[str, Any]:
         loss_sum = torch.zeros((), device=env.device)
         for b in batches:
             loss = task.forward(model, _to(b, env.device), max(n_items, 1.0) / env.world)
-            loss.backward()
+            backend.backward(loss)
             loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
-        optim.step()
-        lr = sched.get_last_lr()[0]
-        sched.step()
-        optim.zero_grad(set_to_none=True)
+        lr = backend.lr
+        grad_norm = backend.step()  # clip, optimizer, scheduler, zero the gradients
         if env.device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         mean_loss = all_sum(float(loss_sum), env) / env.world
         flops, tokens = task.step_flops(batches, n_dense)
         flops, tokens = all_sum(flops, env), int(all_sum(tokens, env))
-        rec = {"step": step + 1, "loss": mean_loss, "grad_norm": float(grad_norm), "lr": lr,
+        rec = {"step": step + 1, "loss": mean_loss, "grad_norm": grad_norm, "lr": lr,
                "loss_tokens": int(n_items), "tokens": tokens, "tokens_per_s_per_gpu": tokens / dt / env.world,
                "step_time": dt}
         if peak:
@@ -196,7 +177,7 @@ def train(cfg: TrainConfig, task: Task) -> dict[str, Any]:
             os.kill(os.getpid(), 9)
         stop = any_rank(ckpt.stop_requested() is not None, env)
         if stop or (step + 1) % cfg.save_every == 0 or step + 1 == total:
-            ckpt.save(run, step + 1, model, optim, sched, env.rank, cfg.keep_checkpoints)
+            backend.save(run, step + 1)
         if stop:
             stopped = ckpt.stop_requested() or "peer"
             break
@@ -209,6 +190,7 @@ def train(cfg: TrainConfig, task: Task) -> dict[str, Any]:
     elif env.is_main:
         log.write({"event": "done", "step": total})
     log.close()
+    backend.close()
     shutdown()
     if not stopped and cfg.export and env.is_main:
         result["export"] = str(task.export(ckpt.latest_checkpoint(run), run / "final"))

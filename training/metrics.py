@@ -53,9 +53,12 @@ def dense_params(model: Any) -> int:
     skip = {id(p) for p in emb.parameters()} if emb is not None else set()
     out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     tied = out_emb is not None and emb is not None and out_emb.weight is emb.weight
-    n = sum(p.numel() for p in model.parameters() if id(p) not in skip)
+    def numel(p: Any) -> int:  # DeepSpeed ZeRO-3 keeps the full size beside the (empty) local partition
+        return int(getattr(p, "ds_numel", p.numel()))
+
+    n = sum(numel(p) for p in model.parameters() if id(p) not in skip)
     if tied:
-        n += emb.weight.numel()
+        n += numel(emb.weight)
     return n
 
 

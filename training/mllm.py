@@ -15,9 +15,11 @@ the stage-1 export (``--model RUN1/final``) or any LLaVA folder.
 
 **The image token** is added to the tokenizer and the embedding grown once, when the model is built,
 before sharding — never a resize of a sharded table mid-run. **Text-only rows** (text instructions in a
-multimodal mixture): a micro batch without any image still runs the vision tower and connector on a
-blank image and adds 0 × their output to the loss, so every rank enters the same FSDP units in the same
-order (otherwise a rank holding only text would skip the vision units' all-gathers and the job hangs).
+multimodal mixture): a micro batch without any image carries a blank image in the padding of its first
+row (its tokens masked out of attention and loss), so the model runs exactly as for real images and
+every rank gathers the same parameters in the same order; otherwise a rank holding only text would
+skip the vision path's all-gathers and the job would hang (FSDP2) or stop on a module-order mismatch
+(DeepSpeed ZeRO-3).
 
 Rows come from a ``pipe mix`` directory: an image column (bytes, ``{bytes, path}`` or a path; null for
 text-only rows) and either a conversation (messages or ShareGPT form; ``<image>`` placed at the start
@@ -63,8 +65,8 @@ class LinearConnector(torch.nn.Module):
 
 
 class LlavaTrainModel(torch.nn.Module):
-    """The FSDP root: the LLaVA model, plus the blank-image pass that keeps the vision path in every
-    rank's graph when a micro batch has no image."""
+    """The sharding root around the LLaVA model: returns the loss (every batch carries an image, see
+    :meth:`MLLMTask.batch`)."""
 
     def __init__(self, llava: torch.nn.Module, image_size: int) -> None:
         super().__init__()
@@ -78,21 +80,9 @@ class LlavaTrainModel(torch.nn.Module):
         return self.llava.get_output_embeddings()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                pixel_values: torch.Tensor | None = None, num_items_in_batch: float | None = None,
-                blank_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        c = self.llava.config
-        if pixel_values is not None:
-            return self.llava(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                              pixel_values=pixel_values, num_items_in_batch=num_items_in_batch).loss
-        # The blank pass comes first, where LLaVA runs the vision tower for real images: every rank then
-        # enters the FSDP units (and their all-gathers) in the same order.
-        blank = torch.zeros(1, 3, self.image_size, self.image_size, device=input_ids.device, dtype=blank_dtype)
-        feats = self.llava.model.get_image_features(pixel_values=blank, vision_feature_layer=c.vision_feature_layer,
-                                                    vision_feature_select_strategy=c.vision_feature_select_strategy)
-        feats = feats.pooler_output if hasattr(feats, "pooler_output") else feats
-        out = self.llava(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                         num_items_in_batch=num_items_in_batch)
-        return out.loss + 0.0 * sum(f.sum() for f in feats)
+                pixel_values: torch.Tensor, num_items_in_batch: float | None = None) -> torch.Tensor:
+        return self.llava(input_ids=input_ids, attention_mask=attention_mask, labels=labels, pixel_values=pixel_values,
+                          num_items_in_batch=num_items_in_batch).loss
 
 
 def image_chat_template(template: str | None) -> str | None:
@@ -307,21 +297,28 @@ class MLLMTask:
         for b, (x, y, _) in enumerate(samples):
             ids[b, :len(x)], labels[b, :len(y)], mask[b, :len(x)] = x, y, 1
         images = [s[2] for s in samples if s[2] is not None]
-        out: dict[str, Any] = {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
-                               "attention_mask": torch.from_numpy(mask), "_lens": [len(s[0]) for s in samples],
-                               "_images": len(images)}
         if images:
-            out["pixel_values"] = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
-        return out
+            pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        else:
+            # Text only: a blank image rides in row 0's padding (its tokens masked out of attention and
+            # loss), so the model runs the vision tower and connector exactly as for a real image and
+            # every rank gathers the same parameters in the same order (FSDP2 units, ZeRO-3 modules).
+            # No real token sees it and it gets no gradient.
+            ids = np.concatenate([ids, np.full((len(samples), self.n_patches), pad, np.int64)], axis=1)
+            labels = np.concatenate([labels, np.full((len(samples), self.n_patches), IGNORE, np.int64)], axis=1)
+            mask = np.concatenate([mask, np.zeros((len(samples), self.n_patches), np.int64)], axis=1)
+            ids[0, n:] = self.image_id
+            pixels = torch.zeros(1, 3, self.image_size, self.image_size)
+        return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
+                "attention_mask": torch.from_numpy(mask), "pixel_values": pixels,
+                "_lens": [len(s[0]) for s in samples], "_images": len(images)}
 
     def loss_tokens(self, batch: dict[str, Any]) -> int:
         return int((batch["labels"][:, 1:] != IGNORE).sum())
 
     def forward(self, model: torch.nn.Module, batch: dict[str, Any], n_items: float) -> torch.Tensor:
-        pv = batch.get("pixel_values")
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                     pixel_values=None if pv is None else pv.to(self.compute_dtype), num_items_in_batch=n_items,
-                     blank_dtype=self.compute_dtype)
+                     pixel_values=batch["pixel_values"].to(self.compute_dtype), num_items_in_batch=n_items)
 
     def step_flops(self, batches: list[dict[str, Any]], n_dense: int) -> tuple[float, int]:
         """LLM: 6·N per token (+ attention); vision encoder: forward only (frozen, nothing flows back
