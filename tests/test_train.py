@@ -284,3 +284,39 @@ def test_deepspeed_zero3_matches_fsdp2_and_resumes(fixture_dir, full_run):
         a = AutoModelForCausalLM.from_pretrained(full_run / "final")(input_ids=ids).logits
         b = AutoModelForCausalLM.from_pretrained(run / "final")(input_ids=ids).logits
     assert (a - b).abs().max() < 1e-4
+
+
+def test_mesh_shapes():
+    from lrpipe.training.parallel import mesh_shape
+
+    assert mesh_shape(128, 8, "hybrid") == {"replicate": 16, "shard": 8}  # the study's 8B runs
+    assert mesh_shape(256, 8, "full") == {"shard": 256}  # the 70B run
+    assert mesh_shape(8, 8, "hybrid") == {"shard": 8}  # one node: nothing to replicate across
+    assert mesh_shape(4, 4, "hybrid", shard_size=2) == {"replicate": 2, "shard": 2}
+
+
+@pytest.mark.slow
+def test_hybrid_sharding_gives_the_same_curve(fixture_dir, full_run):
+    """HSDP (shard groups of 1 rank, replicated twice: a 2-D mesh) trains like full sharding."""
+    root, model, data = fixture_dir
+    run = root / "hybrid"
+    torchrun(run, data, model, "--sharding", "hybrid", "--hybrid-shard-size", "1", "--no-export")
+    full, hyb = curve(full_run), curve(run)
+    assert max(abs(full[s] - hyb[s]) for s in full) < 1e-5
+
+
+def test_neftune_noise_only_in_training_and_of_the_right_scale():
+    from lrpipe.training.loop import add_neftune
+
+    model = tiny_llama("sdpa")
+    ids = torch.randint(0, 100, (1, 20))
+    emb = model.get_input_embeddings()
+    with torch.no_grad():
+        clean = emb(ids)
+        add_neftune(model, alpha=5.0, seq_len=20)
+        model.eval()
+        assert torch.equal(emb(ids), clean)
+        model.train()
+        noisy = emb(ids)
+    bound = 5.0 / (20 * 32) ** 0.5
+    assert 0 < (noisy - clean).abs().max() <= bound + 1e-6

@@ -45,7 +45,8 @@ class FSDP2:
 
     def __init__(self, cfg: TrainConfig, task: Any, env: Env, bf16: bool, lr_lambda: Any, accum: int) -> None:
         self.cfg, self.env = cfg, env
-        self.model = materialize(task.build, task.prepare, env, make_mesh(env, cfg.sharding), bf16)
+        mesh = make_mesh(env, cfg.sharding, cfg.hybrid_shard_size)
+        self.model = materialize(task.build, task.prepare, env, mesh, bf16)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optim = make_optimizer(self.model, cfg, env)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.optim, lr_lambda)

@@ -48,6 +48,8 @@ class TrainConfig(BaseModel):
     # parallelism
     parallel: Literal["fsdp2", "deepspeed"] = "fsdp2"
     sharding: Literal["full", "hybrid"] = "full"
+    hybrid_shard_size: int | None = Field(None, description="ranks per shard group with hybrid sharding "
+                                          "(default: the ranks of one node)")
     deepspeed_config: str | None = Field(None, description="DeepSpeed JSON (default training/configs/deepspeed-zero3.json)")
     # checkpoints
     save_every: int = 500

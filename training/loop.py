@@ -132,7 +132,8 @@ def train(cfg: TrainConfig, task: Task) -> dict[str, Any]:
     if env.is_main:
         log.write({"event": "start" if start == 0 else "resume", "step": start, "total_steps": total,
                    "world": env.world, "accum": layout.accum, "rows_per_step": layout.rows_per_step,
-                   "tokens_per_step": layout.rows_per_step * task.seq_len, "params_dense": n_dense,
+                   "tokens_per_step": layout.rows_per_step * task.seq_len if task.name == "text" else None,
+                   "params_dense": n_dense,
                    "bf16": bf16, "device": str(env.device), "parallel": cfg.parallel})
     bar = None
     if env.is_main and os.environ.get("PIPE_PROGRESS", "1") != "0":

@@ -81,13 +81,20 @@ def shutdown() -> None:
     _OWN_ENV.clear()
 
 
-def make_mesh(env: Env, sharding: str) -> Any:
+def mesh_shape(world: int, local_world: int, sharding: str, shard_size: int | None = None) -> dict[str, int]:
+    """Mesh dimensions: ``{"shard": world}`` for full sharding; for hybrid, shard groups of
+    ``shard_size`` ranks (default: the ranks of one node) replicated ``world / shard_size`` times."""
+    size = shard_size or local_world
+    if sharding == "hybrid" and 0 < size < world and world % size == 0:
+        return {"replicate": world // size, "shard": size}
+    return {"shard": world}
+
+
+def make_mesh(env: Env, sharding: str, shard_size: int | None = None) -> Any:
     from torch.distributed.device_mesh import init_device_mesh
 
-    if sharding == "hybrid" and env.world > env.local_world and env.world % env.local_world == 0:
-        return init_device_mesh(env.device.type, (env.world // env.local_world, env.local_world),
-                                mesh_dim_names=("replicate", "shard"))
-    return init_device_mesh(env.device.type, (env.world,), mesh_dim_names=("shard",))
+    dims = mesh_shape(env.world, env.local_world, sharding, shard_size)
+    return init_device_mesh(env.device.type, tuple(dims.values()), mesh_dim_names=tuple(dims))
 
 
 def shard_model(model: torch.nn.Module, blocks: list[torch.nn.Module], mesh: Any, bf16: bool) -> None:
