@@ -146,7 +146,7 @@ def run_trainer(data: Path, model: Path, out: Path, a: argparse.Namespace, bf16:
                              use_cpu=not torch.cuda.is_available())
     Trainer(model=m, args=args, train_dataset=Rows(), callbacks=[timer]).train()
     n = a.micro_batch * shards.seq_len
-    return {"tok_s": steady(timer.times, [n] * len(timer.times), a.warmup), "params": None}
+    return {"tok_s": steady(timer.times, [n] * len(timer.times), a.warmup)}
 
 
 def main() -> None:

@@ -35,7 +35,6 @@ from lrpipe.training.metrics import RunLog, dense_params, peak_tflops
 from lrpipe.training.parallel import (
     Env,
     all_sum,
-    any_rank,
     init_distributed,
     shutdown,
 )
@@ -149,7 +148,7 @@ def train(cfg: TrainConfig, task: Task) -> dict[str, Any]:
     for step in range(start, total):
         t0 = time.perf_counter()
         batches = [task.batch(sampler.rows(step, k, env.rank)) for k in range(layout.accum)]
-        n_items = all_sum(sum(task.loss_tokens(b) for b in batches), env)  # loss tokens of the global batch
+        (n_items,) = all_sum(sum(task.loss_tokens(b) for b in batches), env=env)  # the global batch's loss tokens
         loss_sum = torch.zeros((), device=env.device)
         for b in batches:
             loss = task.forward(model, _to(b, env.device), max(n_items, 1.0) / env.world)
@@ -160,9 +159,11 @@ def train(cfg: TrainConfig, task: Task) -> dict[str, Any]:
         if env.device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
-        mean_loss = all_sum(float(loss_sum), env) / env.world
         flops, tokens = task.step_flops(batches, n_dense)
-        flops, tokens = all_sum(flops, env), int(all_sum(tokens, env))
+        # one collective for the step's figures and the stop flag (any rank signalled: all stop here)
+        loss_total, flops, tokens, stops = all_sum(float(loss_sum), flops, tokens,
+                                                   ckpt.stop_requested() is not None, env=env)
+        mean_loss, tokens, stop = loss_total / env.world, int(tokens), stops > 0
         rec = {"step": step + 1, "loss": mean_loss, "grad_norm": grad_norm, "lr": lr,
                "loss_tokens": int(n_items), "tokens": tokens, "tokens_per_s_per_gpu": tokens / dt / env.world,
                "step_time": dt}
@@ -176,7 +177,6 @@ def train(cfg: TrainConfig, task: Task) -> dict[str, Any]:
                             **({"mfu": f"{rec['mfu']:.1%}"} if "mfu" in rec else {}))
         if step + 1 == kill_at and env.is_main:
             os.kill(os.getpid(), 9)
-        stop = any_rank(ckpt.stop_requested() is not None, env)
         if stop or (step + 1) % cfg.save_every == 0 or step + 1 == total:
             backend.save(run, step + 1)
         if stop:

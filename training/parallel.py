@@ -134,15 +134,9 @@ def materialize(build: Callable[[bool], torch.nn.Module], prepare: Callable[[tor
     return model
 
 
-def all_sum(x: float | int, env: Env) -> float:
-    t = torch.tensor([float(x)], dtype=torch.float64, device=env.device)
+def all_sum(*xs: float | int, env: Env) -> list[float]:
+    """Sums over all ranks of a few numbers, in one collective."""
+    t = torch.tensor([float(x) for x in xs], dtype=torch.float64, device=env.device)
     if env.world > 1:
         dist.all_reduce(t)
-    return float(t.item())
-
-
-def any_rank(flag: bool, env: Env) -> bool:
-    t = torch.tensor([1.0 if flag else 0.0], device=env.device)
-    if env.world > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return t.tolist()

@@ -7,6 +7,7 @@ loss tokens in the global batch, passed as ``num_items_in_batch``; attention sta
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ def model_config(path: str) -> Any:
     p = Path(path)
     if p.is_file() and p.suffix == ".json":
         return AutoConfig.from_pretrained(str(p.parent)) if p.name == "config.json" else \
-            AutoConfig.for_model(**__import__("json").loads(p.read_text()))
+            AutoConfig.for_model(**json.loads(p.read_text()))
     return AutoConfig.from_pretrained(path)
 
 
