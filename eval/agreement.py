@@ -178,6 +178,6 @@ def safety_rates(rows: list[dict[str, Any]], source: str = "annotations") -> dic
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    from lrpipe.sources import _read_file
+    from lrpipe.sources import read_table
 
-    return _read_file(str(path)).to_pylist()
+    return read_table(str(path)).to_pylist()

@@ -49,11 +49,11 @@ def read_battles(paths: list[str | Path]) -> list[Battle]:
     """Battles from JSONL/JSON/CSV/Parquet files or ``pipe judge`` shard directories (columns ``model_a, model_b, winner`` and optionally
     ``criterion, annotator, language, question_id``); a bad row is an error naming file, row, field."""
     from lrpipe.shards import ShardDir
-    from lrpipe.sources import _read_file
+    from lrpipe.sources import read_table
 
     out: list[Battle] = []
     for p in paths:
-        table = ShardDir.open(p).read_all() if ShardDir.is_shard_dir(p) else _read_file(str(p))
+        table = ShardDir.open(p).read_all() if ShardDir.is_shard_dir(p) else read_table(str(p))
         for col in ("model_a", "model_b", "winner"):
             if col not in table.column_names:
                 raise InputError(f"missing column (have {table.column_names})", path=str(p), field=col)

@@ -31,7 +31,7 @@ from lrpipe.errors import InputError
 from lrpipe.prompting import load_prompt, prompt_root
 from lrpipe.runner import GenerationStage, UnitOutput
 from lrpipe.shards import REJECT_DETAIL, REJECT_REASON, UnitSpec
-from lrpipe.sources import _read_file
+from lrpipe.sources import read_table
 
 VERDICTS = ("A", "B", "tie")
 LANGUAGE_NAMES = {"eu": "Basque", "en": "English", "es": "Spanish", "fr": "French", "de": "German", "ca": "Catalan",
@@ -59,7 +59,7 @@ def read_answers(paths: list[str | Path], id_field: str = "id", answer_field: st
     """model -> {question id -> answer}; the model is the file's ``model`` column or its stem."""
     out: dict[str, dict[str, str]] = {}
     for p in paths:
-        rows = _read_file(str(p)).to_pylist()
+        rows = read_table(str(p)).to_pylist()
         for i, r in enumerate(rows):
             for f in (id_field, answer_field):
                 if r.get(f) is None:

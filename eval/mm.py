@@ -69,7 +69,7 @@ def load_task(name: str) -> MMTask:
 def _table(data: Path, task: str) -> tuple[Any, str]:
     """The task's rows: DIR/<task>/translated, DIR/<task>, or DIR itself (shard dir or file)."""
     from lrpipe.shards import ShardDir
-    from lrpipe.sources import _read_file
+    from lrpipe.sources import read_table
 
     for cand in (data / task / "translated", data / task, data):
         if ShardDir.is_shard_dir(cand):
@@ -77,7 +77,7 @@ def _table(data: Path, task: str) -> tuple[Any, str]:
     files = sorted((data / task).glob("*")) if (data / task).is_dir() else []
     files = [f for f in files if f.suffix in (".parquet", ".jsonl", ".arrow", ".json")]
     if files:
-        return _read_file(str(files[0])), str(files[0])
+        return read_table(str(files[0])), str(files[0])
     raise InputError(f"no data for task {task} (expected {data / task}/translated from pipe translate --sample)",
                      path=str(data))
 

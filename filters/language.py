@@ -81,6 +81,17 @@ class LanguageFilter(Filter):
             self._detector = b.build()
         return self._detector
 
+    def detect(self, texts: list[str]) -> list[str | None]:
+        """ISO 639-1 code of each text's language among the candidates; None where the text has too
+        few letters (after removing code, URLs, LaTeX and numbers) to judge, or nothing is detected."""
+        prose_texts = [prose(t) for t in texts]
+        judge = [i for i, t in enumerate(prose_texts) if len(_LETTER.findall(t)) >= self.min_letters]
+        out: list[str | None] = [None] * len(texts)
+        if judge:
+            for i, lang in zip(judge, self.detector.detect_languages_in_parallel_of([prose_texts[i] for i in judge])):
+                out[i] = lang.iso_code_639_1.name.lower() if lang is not None else None
+        return out
+
     def keep_batch(self, table: pa.Table) -> list[tuple[bool, str]]:
         out = [(True, "")] * table.num_rows
         want = self.expected.iso_code_639_1.name.lower()

@@ -30,12 +30,12 @@ class Quality(Filter):
 
     def __init__(self, field: str | list[str] = "instruction", labels: list[str] = LABELS,
                  reject: list[str] = ("very poor", "poor"), max_tokens: int = 32, prompt: str = "quality",
-                 **params: Any) -> None:
+                 instruction_field: str = "instruction", **params: Any) -> None:
         fields = [field] if isinstance(field, str) else list(field)
         super().__init__(field=",".join(fields), labels=list(labels), reject=list(reject), max_tokens=max_tokens,
                          prompt=prompt, **params)
         self.fields, self.labels, self.reject_labels = fields, list(labels), set(reject)
-        self.max_tokens, self.prompt = max_tokens, prompt
+        self.max_tokens, self.prompt, self.instruction_field = max_tokens, prompt, instruction_field
         unknown = self.reject_labels - set(self.labels)
         if unknown:
             raise ValueError(f"quality: reject labels {sorted(unknown)} are not in labels {self.labels}")
@@ -48,7 +48,9 @@ class Quality(Filter):
     def requests(self, row: dict[str, Any], tokenizer: Any) -> list[tuple[str, list[int], Sampling]]:
         out = []
         for f in self.fields:
-            text = load_prompt("filters", self.prompt, what=f, labels=self.labels, text=row.get(f) or "")
+            # a response is judged against the instruction it answers
+            text = load_prompt("filters", self.prompt, what=f, labels=self.labels, text=row.get(f) or "",
+                               instruction=row.get(self.instruction_field) or "")
             ids = chat_prompt_ids(tokenizer, [{"role": "user", "content": text}])
             out.append((f, ids, Sampling(temperature=0.0, top_p=1.0, max_tokens=self.max_tokens, seed=0,
                                          json_schema=self.schema)))

@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lrpipe.errors import InputError, ModelError
+import pyarrow as pa
+
+from lrpipe.errors import ModelError, RowError
 
 SENTINEL = "\u27e6PIPE_USER_SENTINEL_7c1f\u27e7"
 ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
@@ -80,33 +82,112 @@ def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]
     return tokenizer(_render(tokenizer, messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
 
 
+#: columns that may hold a conversation, in the order a stage looks for one
+CONVERSATION_COLUMNS = ("conversation", "conversations", "messages")
+#: how stages write a conversation: messages form
+MESSAGE_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+
+def _keys(m: dict[str, Any]) -> tuple[str, str] | None:
+    """(role key, content key) of a message object in messages or ShareGPT form."""
+    if "role" in m and "content" in m:
+        return "role", "content"
+    if "from" in m and "value" in m:
+        return "from", "value"
+    return None
+
+
+def is_message_list(value: Any) -> bool:
+    """A non-empty list of message objects (messages or ShareGPT form). A list of plain strings (the
+    flat turn lists of some datasets) is *not* a conversation: it is left alone."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    return (isinstance(value, list) and bool(value) and all(isinstance(m, dict) for m in value)
+            and all(_keys({k: v for k, v in m.items() if v is not None}) for m in value))
+
+
+def is_message_type(t: pa.DataType) -> bool:
+    """Arrow type of a conversation column: a list of structs with role/content or from/value."""
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not pa.types.is_struct(t.value_type):
+        return False
+    names = {t.value_type.field(i).name for i in range(t.value_type.num_fields)}
+    return {"role", "content"} <= names or {"from", "value"} <= names
+
+
+def conversation_column(schema: pa.Schema, field: str | None = None) -> str | None:
+    """The column holding conversations: ``field`` when given and present, else the first of
+    :data:`CONVERSATION_COLUMNS` whose type is a list of message objects."""
+    if field:
+        return field if field in schema.names else None
+    return next((c for c in CONVERSATION_COLUMNS if c in schema.names and is_message_type(schema.field(c).type)),
+                None)
+
+
 def normalize_conversation(value: Any, *, path: str | None = None, row: int | None = None,
                            field: str = "conversation") -> list[dict[str, str]]:
     """Accept messages form (``[{role, content}]``) and ShareGPT form (``[{from, value}]``); return
-    messages form with canonical roles, or raise an :class:`InputError` naming file, row and field."""
+    messages form with canonical roles, or raise a :class:`RowError` naming file, row and field."""
     if hasattr(value, "tolist"):
         value = value.tolist()
     if not isinstance(value, list) or not value:
-        raise InputError(f"expected a non-empty list of messages, got {type(value).__name__}", path=path, row=row,
-                         field=field)
+        raise RowError(f"expected a non-empty list of messages, got {type(value).__name__}", path=path, row=row,
+                       field=field)
     out = []
     for i, m in enumerate(value):
         if not isinstance(m, dict):
-            raise InputError(f"message {i} is a {type(m).__name__}, not an object", path=path, row=row, field=field)
+            raise RowError(f"message {i} is a {type(m).__name__}, not an object", path=path, row=row, field=field)
         # Arrow unifies struct fields across rows, so absent keys arrive as None: treat them as absent.
         m = {k: v for k, v in m.items() if v is not None}
-        if "role" in m and "content" in m:
-            role, content = m["role"], m["content"]
-        elif "from" in m and "value" in m:
-            role, content = m["from"], m["value"]
-        else:
-            raise InputError(f"message {i} has keys {sorted(m)}; expected role/content or from/value",
-                             path=path, row=row, field=field)
+        keys = _keys(m)
+        if keys is None:
+            raise RowError(f"message {i} has keys {sorted(m)}; expected role/content or from/value",
+                           path=path, row=row, field=field)
+        role, content = m[keys[0]], m[keys[1]]
         canon = ROLE_MAP.get(str(role).lower())
         if canon is None:
-            raise InputError(f"message {i} has unknown role '{role}'", path=path, row=row, field=field)
+            raise RowError(f"message {i} has unknown role '{role}'", path=path, row=row, field=field)
         if not isinstance(content, str):
-            raise InputError(f"message {i} content is {type(content).__name__}, not text", path=path, row=row,
-                             field=field)
+            raise RowError(f"message {i} content is {type(content).__name__}, not text", path=path, row=row,
+                           field=field)
         out.append({"role": canon, "content": content})
+    return out
+
+
+def conversation_of(row: dict[str, Any], field: str | None = None, *, qa: bool = False,
+                    path: str | None = None, index: int | None = None) -> list[dict[str, str]] | None:
+    """The conversation a row means, in messages form, or None when it holds none.
+
+    Looked up in this order: ``field`` (when given); the first of :data:`CONVERSATION_COLUMNS` holding a
+    list of message objects (ShareGPT or messages form; other lists are not conversations); an
+    ``instruction``/``response`` pair (Magpie rows); with ``qa``, a ``question``/``answer`` pair
+    (multimodal instruction rows such as PixMo-AMA). A value that is meant as a conversation but is
+    malformed (unknown role, non-text content) raises :class:`RowError`, for the stage to reject the
+    row."""
+    if field:
+        v = row.get(field)
+        return None if v is None else normalize_conversation(v, path=path, row=index, field=field)
+    for c in CONVERSATION_COLUMNS:
+        v = row.get(c)
+        if v is not None and isinstance(v, list) and v and all(isinstance(m, dict) for m in v):
+            return normalize_conversation(v, path=path, row=index, field=c)
+    pairs = [("instruction", "response")] + ([("question", "answer")] if qa else [])
+    for a, b in pairs:
+        if row.get(a) is not None or row.get(b) is not None:
+            for k in (a, b):
+                if not isinstance(row.get(k), str):
+                    raise RowError(f"expected text, got {type(row.get(k)).__name__}", path=path, row=index,
+                                   field=k)
+            return [{"role": "user", "content": row[a]}, {"role": "assistant", "content": row[b]}]
+    return None
+
+
+def like_source(messages: list[dict[str, str]], source: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` (messages form, same length and order as ``source``) written in ``source``'s own
+    form: the same keys and role names, each message's text replaced. A translation of a ShareGPT
+    column thus has the column's type, so both languages' rows share one schema."""
+    out = []
+    for new, old in zip(messages, source):
+        old = {k: v for k, v in old.items() if v is not None}
+        keys = _keys(old) or ("role", "content")
+        out.append({**old, keys[1]: new["content"]})
     return out

@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from lrpipe.errors import PipeError
+from lrpipe.errors import ModelError, PipeError
 
 app = typer.Typer(help="pipe: instruction and multimodal data, and models, for low-resource languages.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -41,10 +41,18 @@ def _engine(engine: str | None, model: str | None, tp: int, max_model_len: int |
 
         if not torch.cuda.is_available():
             gpu_memory_utilization = 0.3  # on CPU this bounds the KV cache in host memory
-    eng = make_engine(engine, path, tensor_parallel_size=tp, max_model_len=max_model_len,
-                      gpu_memory_utilization=gpu_memory_utilization, batch_size=batch_size, base_url=base_url,
-                      dtype=dtype, max_num_seqs=max_num_seqs,
-                      served_model=model if engine == "openai" else None)
+    try:
+        eng = make_engine(engine, path, tensor_parallel_size=tp, max_model_len=max_model_len,
+                          gpu_memory_utilization=gpu_memory_utilization, batch_size=batch_size, base_url=base_url,
+                          dtype=dtype, max_num_seqs=max_num_seqs,
+                          served_model=model if engine == "openai" else None)
+    except (PipeError, ValueError):
+        raise
+    except Exception as e:  # loaders raise many types for one cause (missing files, no access, bad config)
+        logging.getLogger(__name__).debug("engine start failed", exc_info=True)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ModelError(f"{path}: the {engine or 'default'} engine cannot load this model "
+                         f"({type(e).__name__}: {first[:300]}; PIPE_LOG=DEBUG shows the traceback)") from e
     return eng, model_id
 
 
@@ -72,9 +80,9 @@ def run_magpie_cmd(
     chunk_size: int = typer.Option(500, help="Rows per work unit (the unit redone after a crash)."),
     seed: int = typer.Option(0, help="Base seed; every request gets its own seed derived from it and its id."),
     steps: str = typer.Option("sample,respond,filter", help="Steps to run."),
-    filters: str = typer.Option("empty,unfinished,dedup,repetition",
-                                help="Filter chain of the filter step (repetition looks at instruction and response); "
-                                     "add ',quality' with a real model to let it judge its instructions."),
+    filters: str | None = typer.Option(None, help="Filter chain of the filter step (default: the study's "
+                                       "empty,unfinished,dedup,repetition,quality; without quality on the "
+                                       "embedded model, which rates everything 'very poor')."),
     prompts_dir: str | None = typer.Option(None, help="Folder of <category>.j2 system prompts (default: the shipped ones)."),
     tp: int = typer.Option(1, "--tp", help="Tensor parallel size (vLLM), e.g. 4 or 8 for 70B."),
     max_model_len: int | None = typer.Option(None),
@@ -89,7 +97,7 @@ def run_magpie_cmd(
     progress: bool | None = typer.Option(None, "--progress/--no-progress"),
 ) -> None:
     """Magpie: sample instructions from an instruct model, answer them, filter (SPEC §3)."""
-    from lrpipe.pipelines.magpie import STEPS, MagpieConfig, ResponseConfig, parse_temps, run_magpie
+    from lrpipe.pipelines.magpie import STEPS, MagpieConfig, parse_temps, run_magpie
 
     try:
         cats = [c.strip() for c in categories.split(",") if c.strip()]
@@ -104,16 +112,27 @@ def run_magpie_cmd(
         if bad:
             raise PipeError(f"unknown step(s) {bad}; steps are {', '.join(STEPS)}")
         from pydantic import ValidationError
+
+        from lrpipe.errors import validation_message
+        from lrpipe.pipelines.magpie import is_embedded
+
+        chain = None if filters is None else [
+            {"name": f.strip(), "field": ["instruction", "response"]} if f.strip() in ("repetition", "quality")
+            else f.strip() for f in filters.split(",") if f.strip()]
         try:
             cfg = MagpieConfig(model=model or "embedded:SmolLM2-135M-Instruct", n=n, temps=parse_temps(temps),
                                categories=w, top_p=top_p, max_tokens=max_tokens, chunk_size=chunk_size, seed=seed,
-                               response=ResponseConfig(temperature=response_temperature, top_p=response_top_p,
-                                                       max_tokens=response_max_tokens),
-                               filters=[{"name": "repetition", "field": ["instruction", "response"]}
-                                        if f.strip() == "repetition" else f.strip()
-                                        for f in filters.split(",") if f.strip()])
+                               response={"temperature": response_temperature, "top_p": response_top_p,
+                                         "max_tokens": response_max_tokens},
+                               **({"filters": chain} if chain else {}))
         except ValidationError as e:
-            raise PipeError(f"invalid options: {e}") from e
+            raise PipeError(validation_message(e, {"response.max_tokens": "--response-max-tokens",
+                                                   "response.temperature": "--response-temperature",
+                                                   "response.top_p": "--response-top-p",
+                                                   "categories": "--categories"})) from e
+        if filters is None and "filter" in step_list and is_embedded(model):
+            typer.echo("note: the filter step leaves out the study's 'quality' filter on the embedded 135M "
+                       "model (it rates every instruction 'very poor'); with --model it is in the chain", err=True)
         eng, model_id = _engine(engine, model, tp, max_model_len, gpu_memory_utilization, batch_size, base_url,
                                 dtype, max_num_seqs)
         try:
@@ -148,6 +167,12 @@ def filter_cmd(
     model: str | None = typer.Option(None, help="Model for engine filters (quality); default: the embedded model."),
     engine: str | None = typer.Option(None, help="Engine for engine filters: vllm | transformers | openai."),
     base_url: str | None = typer.Option(None, help="openai engine: server URL."),
+    tp: int = typer.Option(1, "--tensor-parallel-size", "--tp", help="vLLM tensor parallelism (GPUs per model)."),
+    max_model_len: int | None = typer.Option(None),
+    gpu_memory_utilization: float | None = typer.Option(None),
+    max_num_seqs: int | None = typer.Option(None, help="vLLM: concurrent sequences."),
+    batch_size: int | None = typer.Option(None, help="transformers engine: batch size."),
+    dtype: str = typer.Option("auto"),
     rank: int | None = typer.Option(None),
     world_size: int | None = typer.Option(None),
     overwrite: bool = typer.Option(False),
@@ -168,7 +193,8 @@ def filter_cmd(
         src.require(sorted({x for f in built for x in f.reads()}))
         eng = None
         if any(getattr(f, "needs_engine", False) for f in built):
-            eng, _ = _engine(engine, model, 1, None, None, None, base_url, "auto")
+            eng, _ = _engine(engine, model, tp, max_model_len, gpu_memory_utilization, batch_size, base_url, dtype,
+                             max_num_seqs)
         try:
             stage = make_filter_stage(src, built, eng)
             rep = run_stage(stage, out, engine=eng, rank=rank, world_size=world_size, overwrite=overwrite,
@@ -213,9 +239,16 @@ def translate_cmd(
     retries: int | None = typer.Option(None, help="Retries of a failed translation, each with a new seed."),
     max_tokens: int | None = typer.Option(None, help="Max tokens of a translation (default: the recipe's)."),
     batch_size: int | None = typer.Option(None, help="transformers engine: batch size."),
-    sample: int | None = typer.Option(None, help="Translate a seeded subset of this many rows (benchmarks)."),
-    seed: int = typer.Option(0, help="Seed of --sample and of the per-row sampling seeds."),
-    split: str = typer.Option("train", help="Split of an hf:// input."),
+    sample: int | None = typer.Option(None, help="Translate a seeded subset of this many rows (default: the "
+                                      "recipe's; benchmarks: 2,500). 0: every row."),
+    seed: int | None = typer.Option(None, help="Seed of the sample and of the per-row sampling seeds "
+                                    "(default: the recipe's)."),
+    split: str | None = typer.Option(None, help="Split of an hf:// input (default: the recipe's, else train)."),
+    id_field: str | None = typer.Option(None, help="Column with the row ids (e.g. uuid; default: the recipe's, "
+                                        "else id/uuid/conversation_id/question_id, else derived from the content)."),
+    src_name: str | None = typer.Option(None, "--src-name", help="Source language name used in prompts."),
+    tgt_name: str | None = typer.Option(None, "--tgt-name", help="Target language name used in prompts (for "
+                                        "codes the built-in table lacks)."),
     streaming: bool = typer.Option(False, help="Stream an hf:// input instead of downloading it."),
     rows_per_unit: int = typer.Option(1000),
     tp: int = typer.Option(1, "--tensor-parallel-size", "--tp", help="vLLM tensor parallelism (GPUs per model)."),
@@ -238,29 +271,27 @@ def translate_cmd(
     if list_ or recipe is None:
         for name in tr.list_recipes():
             r = tr.load_recipe(name)
-            typer.echo(f"{name:12s} {r.mode:10s} {r.kind:12s} {r.source_lang}->{r.target_lang}  "
+            typer.echo(f"{name:21s} {r.mode:10s} {r.kind:12s} {r.source_lang}->{r.target_lang}  "
                        f"fields={','.join(r.input_columns())}  model={r.model}"
-                       + (f"  sample={r.sample}" if r.sample else ""))
+                       + (f"  split={r.split}" if r.split else "") + (f"  sample={r.sample}" if r.sample else "")
+                       + (f"  select={r.select}" if r.select else ""))
         if recipe is None and not list_:
             typer.echo("\nusage: pipe translate RECIPE --input SRC --out DIR")
         return
     try:
-        rec = tr.load_recipe(recipe, source_lang=src, target_lang=tgt, format=fmt, retries=retries,
-                             seed=seed if seed else None)
-        if max_tokens:
-            rec.sampling.max_tokens = max_tokens
+        rec = tr.load_recipe(recipe, source_lang=src, target_lang=tgt, format=fmt, retries=retries, seed=seed,
+                             max_tokens=max_tokens, sample=sample, split=split, id_field=id_field,
+                             source_name=src_name, target_name=tgt_name)
         spec = input or rec.input
         if not spec:
             raise PipeError(f"recipe {rec.name} names no input: pass --input")
-        source = open_source(spec, split=split, streaming=streaming, rows_per_unit=rows_per_unit)
+        source = open_source(spec, split=rec.split or "train", streaming=streaming, rows_per_unit=rows_per_unit,
+                             id_field=rec.fields.id)
         source.require(rec.input_columns())
         if dry_run:
-            from transformers import AutoTokenizer
+            from lrpipe.models import load_tokenizer
 
-            from lrpipe.models import resolve_model
-
-            tok = AutoTokenizer.from_pretrained(resolve_model(model))
-            est = tr.dry_run(source, rec, tok)
+            est = tr.dry_run(source, rec, load_tokenizer(model))
             for i, p in enumerate(est.pop("first_prompts")):
                 typer.echo(f"----- prompt {i} -----\n{p}")
             typer.echo("----- estimate (whole input) -----")
@@ -269,11 +300,12 @@ def translate_cmd(
             return
         if out is None:
             raise PipeError("--out is required")
-        if sample:
+        if rec.sample or rec.select:  # benchmarks: select, then a seeded sample, kept in English too
             sampled = out / "source"
-            rep = run_stage(tr.SampleStage(source, rec, sample, seed), sampled, rank=rank, world_size=world_size,
-                            overwrite=overwrite, progress=False)
+            rep = run_stage(tr.SampleStage(source, rec, rec.sample or None, rec.seed), sampled, rank=rank,
+                            world_size=world_size, overwrite=overwrite, progress=False)
             _wait_complete(sampled, rep.complete)
+            typer.echo(f"{sampled}: {rep.rows_out} rows selected and sampled (source language)", err=True)
             source = ShardSource(sampled)
             out = out / "translated"
         if model is None and rec.model:
@@ -282,8 +314,11 @@ def translate_cmd(
         eng, model_id = _engine(engine, model, tp, max_model_len, gpu_memory_utilization, batch_size, base_url,
                                 dtype, max_num_seqs)
         try:
-            rep = run_stage(tr.TranslateStage(source, rec, eng, model_id), out, engine=eng, rank=rank,
-                            world_size=world_size, overwrite=overwrite, progress=progress)
+            stage = tr.TranslateStage(source, rec, eng, model_id)
+            for note in stage.checker.notes:
+                typer.echo(f"note: {note}", err=True)
+            rep = run_stage(stage, out, engine=eng, rank=rank, world_size=world_size, overwrite=overwrite,
+                            progress=progress)
         finally:
             eng.close()
     except PipeError as e:
@@ -310,6 +345,8 @@ def mt_cmd(
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda when available)."),
     split: str = typer.Option("train", help="Split of an hf:// input."),
     streaming: bool = typer.Option(False),
+    id_field: str | None = typer.Option(None, help="Column with the row ids (default: id/uuid/... else derived "
+                                        "from the content, as every stage derives them)."),
     rows_per_unit: int = typer.Option(10000),
     rank: int | None = typer.Option(None),
     world_size: int | None = typer.Option(None),
@@ -328,7 +365,7 @@ def mt_cmd(
         spec = input or p.get("input")
         if not spec:
             raise PipeError("pass --input")
-        source = open_source(spec, split=split, streaming=streaming, rows_per_unit=rows_per_unit)
+        source = open_source(spec, split=split, streaming=streaming, rows_per_unit=rows_per_unit, id_field=id_field)
         col = mt.pick_field(source.columns(), p, field)
         source.require([col])
         name = backend or p.get("backend") or (
@@ -355,7 +392,11 @@ def pack_cmd(
                                          "the embedded model)."),
     seq_len: int = typer.Option(8192, help="Tokens per packed row."),
     text_field: str = typer.Option("text", help="Column of corpus documents."),
-    conversation_field: str = typer.Option("conversation", help="Column of conversations."),
+    conversation_field: str | None = typer.Option(None, help="Column of conversations (default: the first of "
+                                                  "conversation/conversations/messages holding messages, else "
+                                                  "instruction/response)."),
+    language: str | None = typer.Option(None, help="Pack the LANG version of a translation directory "
+                                        "(X_LANG columns in place of X); pipe mix output needs none."),
     rows_per_unit: int = typer.Option(10000, help="Rows per unit; packing is best-fit within a unit."),
     workers: int | None = typer.Option(None, help="Processes tokenizing and packing units (default: all cores)."),
     split: str = typer.Option("train"),
@@ -365,19 +406,27 @@ def pack_cmd(
     progress: bool | None = typer.Option(None, "--progress/--no-progress"),
 ) -> None:
     """Tokenize (chat template, loss on assistant tokens only) and pack into fixed-length rows."""
-    from transformers import AutoTokenizer
-
-    from lrpipe.models import resolve_model
+    from lrpipe.models import load_tokenizer, resolve_model
     from lrpipe.pipelines.pack import PackStage
     from lrpipe.runner import run_stage
     from lrpipe.sources import open_source
 
     try:
         path = resolve_model(tokenizer)
-        tok = AutoTokenizer.from_pretrained(path)
+        tok = load_tokenizer(path)
         source = open_source(input, split=split, rows_per_unit=rows_per_unit)
+        from lrpipe.languages import NAMES, translated_columns
+
+        versions = translated_columns(source.columns(), list(NAMES))
+        if versions and language is None:
+            langs = ", ".join(f"{lang} ({', '.join(cols)})" for lang, cols in versions.items())
+            typer.echo(f"note: the input also holds translations: {langs}; packing the source columns "
+                       f"(--language {next(iter(versions))} packs the translation)", err=True)
+        if language is not None and language not in versions:
+            raise PipeError(f"--language {language}: the input has no '_{language}' columns "
+                            f"(it has {', '.join(versions) or 'no translated columns'})")
         stage = PackStage(source, tok, path, seq_len=seq_len, conversation_field=conversation_field,
-                          text_field=text_field)
+                          text_field=text_field, language=language, languages=list(versions))
         from lrpipe.parallel import default_workers
 
         rep = run_stage(stage, out, rank=rank, world_size=world_size, overwrite=overwrite, progress=progress,
@@ -442,12 +491,10 @@ def _build_mix(rec: Any, out: Path, workers: int, rank: int | None, world_size: 
 
     tok, tok_id = None, None
     if (rec.tokenizer or "").lower() != "none":
-        from transformers import AutoTokenizer
-
-        from lrpipe.models import resolve_model
+        from lrpipe.models import load_tokenizer, resolve_model
 
         tok_id = resolve_model(rec.tokenizer)
-        tok = AutoTokenizer.from_pretrained(tok_id)
+        tok = load_tokenizer(tok_id)
     stage = MixStage(rec, tok, tok_id)
     return run_stage(stage, out, rank=rank, world_size=world_size, overwrite=overwrite, progress=progress,
                      workers=workers)
@@ -543,10 +590,10 @@ def judge_cmd(
     """Pairwise LLM-as-judge: every pair of models on every question, both orders, tie when they disagree."""
     from lrpipe.eval.judge import LANGUAGE_NAMES, JudgeStage, load_criteria, read_answers
     from lrpipe.runner import run_stage
-    from lrpipe.sources import _read_file
+    from lrpipe.sources import read_table
 
     try:
-        qs = _read_file(str(questions)).to_pylist()
+        qs = read_table(str(questions)).to_pylist()
         for i, q in enumerate(qs):
             for f in ("id", question_field, *([image_field] if image_field else [])):
                 if q.get(f) is None:
@@ -719,18 +766,15 @@ def show_cmd(path: Path = typer.Argument(..., help="A shard directory, or a fold
             sd = ShardDir.open(d)
             m = sd.manifest()
             typer.echo(json.dumps(m, indent=2, default=str) if as_json else format_manifest(m, str(d), units))
-            if m.get("stage") == "pack" and not as_json and sd.data_files():
-                import pyarrow.ipc as ipc
-                from transformers import AutoTokenizer
+            if m.get("stage") == "pack" and not as_json:
+                from lrpipe.models import load_tokenizer
+                from lrpipe.report import first_row, format_packed_row
 
-                from lrpipe.report import format_packed_row
-
-                with ipc.open_stream(str(sd.data_files()[0])) as r:
-                    first = r.read_next_batch().slice(0, 1).to_pylist()
-                if first:
-                    tok = AutoTokenizer.from_pretrained(m["config"]["tokenizer"])
+                first = first_row(sd)
+                if first is not None:
+                    tok = load_tokenizer(m["config"]["tokenizer"])
                     typer.echo("  first packed row (documents ║, loss ⟦…⟧):")
-                    typer.echo(format_packed_row(first[0], tok))
+                    typer.echo(format_packed_row(first, tok))
     except PipeError as e:
         _fail(e)
 

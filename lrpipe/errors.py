@@ -32,6 +32,12 @@ class InputError(PipeError):
         super().__init__(f"{': '.join([', '.join(where), message]) if where else message}")
 
 
+class RowError(InputError):
+    """One row cannot be read as the stage expects (unknown role, wrong type, null where text is
+    needed). Stages reject that row with the message as its ``reject_detail`` and go on; only faults
+    that make a whole input unreadable stop a job."""
+
+
 class ConfigMismatchError(PipeError):
     """An output directory holds work made with another configuration."""
 
@@ -48,3 +54,21 @@ class AccountingError(PipeError):
     """A stage returned rows that do not add up (rows in != rows out + rows rejected): a bug."""
 
     exit_code = 5
+
+
+def validation_message(e: Exception, option: dict[str, str] | None = None, where: str | None = None) -> str:
+    """One line from a pydantic ``ValidationError``: the first problem, named by its command-line option
+    (``option`` maps a field path such as ``response.max_tokens`` to ``--response-max-tokens``; by
+    default ``n`` → ``--n``) or, for a file, by its key; plus how many more there are."""
+    errors = e.errors() if hasattr(e, "errors") else []
+    if not errors:
+        return str(e).splitlines()[0]
+    first = errors[0]
+    loc = ".".join(str(x) for x in first.get("loc", ()) if x != "__root__")
+    name = (option or {}).get(loc) or (f"--{loc.replace('_', '-').replace('.', '-')}" if where is None else loc)
+    msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    got = first.get("input")
+    shown = f" (got {got!r})" if got is not None and not isinstance(got, dict | list) and len(repr(got)) < 60 else ""
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    head = f"{where}: " if where else ""
+    return f"{head}invalid {name}: {msg}{shown}{more}" if name else f"{head}{msg}{shown}{more}"

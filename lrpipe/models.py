@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -78,9 +79,45 @@ def prepare_embedded_model(force: bool = False) -> Path:
     return target
 
 
-def resolve_model(model: str | None) -> str:
-    """``None`` or the default model's name means the embedded model; anything else (a Hub id or a
-    local path) is passed through unchanged, for the engine to load."""
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "vocab.txt")
+
+
+def resolve_model(model: str | None, *, need_tokenizer: bool = True) -> str:
+    """``None`` or the default model's name means the embedded model; a local folder is checked (it
+    must exist and hold a ``config.json`` and tokenizer files); anything of the form ``org/name`` is a
+    Hub id, passed through for the loader. Errors are one line naming the folder."""
     if model is None or model in (DEFAULT_MODEL, f"HuggingFaceTB/{DEFAULT_MODEL}", "embedded"):
         return str(prepare_embedded_model())
+    path = Path(os.path.expanduser(model))
+    if path.exists():
+        check_model_folder(path, need_tokenizer=need_tokenizer)
+        return str(path)
+    if model.startswith(("/", ".", "~")) or not _HUB_ID.match(model):
+        raise ModelError(f"{model}: no such model folder (nor a Hugging Face id such as org/name)")
     return model
+
+
+def check_model_folder(path: str | Path, *, need_tokenizer: bool = True) -> None:
+    """A local model folder must hold a ``config.json`` and, where a tokenizer is needed, its files."""
+    p = Path(path)
+    if not p.is_dir():
+        raise ModelError(f"{p}: a model is a folder (config.json, weights, tokenizer files), not a file")
+    if not (p / "config.json").exists():
+        raise ModelError(f"{p}: no config.json; is this a Hugging Face model folder?")
+    if need_tokenizer and not any((p / f).exists() for f in TOKENIZER_FILES):
+        raise ModelError(f"{p}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...): save the tokenizer "
+                         "with the model (tokenizer.save_pretrained) or pass --tokenizer")
+
+
+def load_tokenizer(model: str | None) -> object:
+    """``AutoTokenizer`` of ``model`` (resolved as above), with a one-line error when it cannot load."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model(model)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # transformers raises OSError, ValueError, ImportError... for the same problem
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{path}: cannot load the tokenizer ({first})") from e

@@ -6,6 +6,17 @@ import json
 from typing import Any
 
 
+def first_row(sd: Any) -> dict[str, Any] | None:
+    """The first row of a shard directory's first non-empty data file (units may have kept no row)."""
+    from lrpipe.shards import read_arrow
+
+    for f in sd.data_files():
+        t = read_arrow(f)
+        if t.num_rows:
+            return t.slice(0, 1).to_pylist()[0]
+    return None
+
+
 def format_manifest(m: dict[str, Any], path: str, units: bool = False) -> str:
     t = m["totals"]
     verb = "packed" if m.get("stage") == "pack" else "used"

@@ -70,6 +70,25 @@ class Stage:
         """Rows (or requests) in a unit, for the progress bar; 0 when unknown."""
         return int(unit.params.get("rows", 0))
 
+    def source_rejects(self, unit: UnitSpec) -> pa.Table | None:
+        """Rows of the unit's input that the source could not read (bad JSON lines, conflicting
+        types): the runner adds them to the unit's rejected rows, so they are accounted for too."""
+        source = getattr(self, "source", None)
+        return source.rejects(unit) if source is not None and hasattr(source, "rejects") else None
+
+
+def with_source_rejects(stage: Stage, unit: UnitSpec, out: UnitOutput) -> UnitOutput:
+    """``out`` with the rows the source could not read added to its rejected rows and ``rows_in``."""
+    extra = stage.source_rejects(unit)
+    if extra is None or extra.num_rows == 0:
+        return out
+    if out.rejected is None or out.rejected.num_rows == 0:
+        out.rejected = extra
+    else:
+        out.rejected = pa.concat_tables([out.rejected, extra], promote_options="permissive")
+    out.rows_in += extra.num_rows
+    return out
+
 
 class MapStage(Stage):
     def process(self, unit: UnitSpec) -> UnitOutput:
@@ -93,7 +112,7 @@ class GenerationStage(Stage):
 
 
 def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """Explicit flags win; then torchrun (RANK/WORLD_SIZE), Slurm arrays, Slurm tasks."""
+    """Explicit flags win; then torchrun (RANK/WORLD_SIZE), Slurm arrays, Slurm tasks started by ``srun``."""
     if rank is not None or world_size is not None:
         r, w = rank or 0, world_size or 1
     elif "WORLD_SIZE" in os.environ and "RANK" in os.environ:
@@ -101,9 +120,14 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     elif "SLURM_ARRAY_TASK_ID" in os.environ and "SLURM_ARRAY_TASK_COUNT" in os.environ:
         r = int(os.environ["SLURM_ARRAY_TASK_ID"]) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
         w = int(os.environ["SLURM_ARRAY_TASK_COUNT"])
-    elif "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
+    elif "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ and (
+            "SLURM_STEP_ID" in os.environ or "SLURM_STEPID" in os.environ):
+        # tasks of an `srun` step; the batch script itself is process 0 of the job but runs alone
         r, w = int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
     else:
+        if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
+            log.warning("SLURM_NTASKS=%s but this is the batch script, not an srun task: running as the only "
+                        "rank (start the tasks with `srun pipe ...` to split the work)", os.environ["SLURM_NTASKS"])
         r, w = 0, 1
     if w < 1 or not 0 <= r < w:
         raise ValueError(f"invalid rank {r} for world size {w}")
@@ -181,7 +205,8 @@ def run_stage(stage: Stage, out: str | os.PathLike[str], *, engine: Engine | Non
                 raise ValueError(f"stage {stage.name} needs an engine")
             outputs = _run_generation(stage, todo, engine, bar)
         elif isinstance(stage, MapStage):
-            outputs = zip(todo, fork_map(stage.process, todo, stage.workers))
+            outputs = zip(todo, fork_map(lambda u: with_source_rejects(stage, u, stage.process(u)), todo,
+                                         stage.workers))
         else:  # pragma: no cover
             raise TypeError(type(stage))
         for unit, res in outputs:
@@ -241,7 +266,7 @@ def _run_generation(stage: GenerationStage, units: list[UnitSpec], engine: Engin
             expected[idx] += len(more)
             retries.extend(wrap(idx, q) for q in more)
             return None
-        out = stage.finalize(u, contexts.pop(idx), results.pop(idx))
+        out = with_source_rejects(stage, u, stage.finalize(u, contexts.pop(idx), results.pop(idx)))
         expected.pop(idx)
         return u, out
 

@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -54,7 +55,20 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def part_name(index: int) -> str:
+    """``part-00042``: five digits, more past 99,999 units (names still sort within one width)."""
     return f"part-{index:05d}"
+
+
+_PART = re.compile(r"^\.?part-(\d+)")
+
+
+def part_index(name: str) -> int:
+    """The unit index in a part file's name (``part-00042.arrow``, ``part-123456.json``, or a
+    temporary ``.part-00042.arrow.tmp...``)."""
+    m = _PART.match(name)
+    if m is None:
+        raise ValueError(f"not a part file name: {name}")
+    return int(m.group(1))
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -79,6 +93,12 @@ def atomic_ipc_file(path: Path, batches: list[pa.RecordBatch], schema: pa.Schema
         for b in batches:
             w.write_batch(b)
     os.replace(tmp, path)
+
+
+def write_table(path: Path, table: pa.Table) -> None:
+    """``table`` as an Arrow IPC file at ``path``, atomically; an empty table keeps its schema."""
+    batches = table.to_batches() or [pa.RecordBatch.from_pylist([], table.schema)]
+    atomic_ipc_file(path, batches, table.schema)
 
 
 def table_to_ipc_bytes(table: pa.Table) -> bytes:
@@ -173,6 +193,8 @@ class ShardDir:
         (which deletes the previous contents; refused with several ranks, which would delete each
         other's work)."""
         sd = cls(path)
+        if sd.path.exists() and not sd.path.is_dir():
+            raise InputError("--out names an existing file, not a folder: choose another --out", path=str(sd.path))
         chash = config_hash(config)
         header_path = sd.path / HEADER
         if header_path.exists():
@@ -226,6 +248,9 @@ class ShardDir:
                 return json.loads((self.path / MANIFEST).read_text())
             except FileNotFoundError as e:
                 raise InputError("no header or manifest", path=str(self.path)) from e
+            except json.JSONDecodeError as e:
+                raise InputError(f"corrupt manifest ({e}); delete it and run the stage again",
+                                 path=str(self.path / MANIFEST)) from e
         except json.JSONDecodeError as e:
             raise InputError(f"corrupt header ({e})", path=str(p)) from e
 
@@ -236,7 +261,7 @@ class ShardDir:
             for f in self.units_dir.iterdir():
                 if not (f.name.startswith("part-") and f.name.endswith(".json")):
                     continue
-                idx = int(f.name[5:10])
+                idx = part_index(f.name)
                 if idx in self._records:
                     continue
                 try:
@@ -263,7 +288,7 @@ class ShardDir:
                 if not (f.name.startswith(".") and ".tmp." in f.name):
                     continue
                 if f.name.startswith(".part-"):
-                    if owned is not None and int(f.name[6:11]) not in owned:
+                    if owned is not None and part_index(f.name) not in owned:
                         continue
                 else:
                     try:
@@ -355,7 +380,10 @@ class ShardDir:
         header = {k: v for k, v in header.items() if k != "plan"}
         extra = self.path / "mix.json"  # stages that plan globally leave their plan beside the manifest
         if extra.exists():
-            header["mix"] = json.loads(extra.read_text())
+            try:
+                header["mix"] = json.loads(extra.read_text())
+            except json.JSONDecodeError as e:
+                raise InputError(f"corrupt mixture plan ({e})", path=str(extra)) from e
         return {**header, "complete": len(done) >= len(planned) and bool(planned) or
                 (not planned and bool(done)), "totals": totals, "stats": stats, "units": units}
 
@@ -384,9 +412,11 @@ class ShardDir:
             yield f, read_arrow(f)
 
     def read_all(self, rejected: bool = False) -> pa.Table:
+        """Every data (or rejected) file as one table. With no file at all (nothing was rejected), an
+        empty table with at least an ``id`` column, so callers can always ask for ids."""
         tables = [t for _, t in self.iter_tables(rejected)]
         if not tables:
-            return pa.table({})
+            return pa.table({"id": pa.array([], pa.string())})
         return pa.concat_tables(tables, promote_options="default")
 
 

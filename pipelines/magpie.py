@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from lrpipe.chat import PreQuery, chat_prompt_ids, pre_query
+from lrpipe.chat import MESSAGE_TYPE, PreQuery, chat_prompt_ids, pre_query
 from lrpipe.engines.base import Engine, GenRequest, GenResult, Sampling
 from lrpipe.errors import InputError
 from lrpipe.prompting import list_prompts, load_prompt
 from lrpipe.runner import GenerationStage, RunReport, UnitOutput, run_stage
 from lrpipe.shards import REJECT_DETAIL, REJECT_REASON, UnitSpec
-from lrpipe.sources import MESSAGE_TYPE, ShardSource
+from lrpipe.sources import ShardSource
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,25 @@ def spread(n: int, weights: list[float]) -> list[int]:
     return counts
 
 
+def is_embedded(model: str | None) -> bool:
+    """Whether ``model`` names the embedded default model (how the CLI and the tests name it)."""
+    from lrpipe.models import DEFAULT_MODEL
+
+    return model is None or str(model).startswith("embedded") or str(model) in (
+        DEFAULT_MODEL, f"HuggingFaceTB/{DEFAULT_MODEL}")
+
+
+def default_filters(quality: bool) -> list[str | dict[str, Any]]:
+    """The study's four filters (A.1), dedup before the judging so duplicates are not rated. ``quality``
+    is left out for the embedded 135M model, which rates everything "very poor" and would empty the
+    quickstart (the CLI says so when it leaves it out)."""
+    chain: list[str | dict[str, Any]] = ["empty", "unfinished", "dedup",
+                                         {"name": "repetition", "field": ["instruction", "response"]}]
+    if quality:
+        chain.append({"name": "quality", "field": ["instruction", "response"]})
+    return chain
+
+
 class ResponseConfig(BaseModel):
     temperature: float = Field(0.6, ge=0)
     top_p: float = Field(0.9, gt=0, le=1)
@@ -95,12 +114,17 @@ class MagpieConfig(BaseModel):
     chunk_size: int = Field(500, gt=0)
     seed: int = 0
     response: ResponseConfig = Field(default_factory=ResponseConfig)
-    # The study's filters (A.1) are duplicates, repetitive prompts or responses, poor quality (judged by
-    # the model itself) and unfinished instructions. `quality` is not in the default chain: the embedded
-    # 135M model rates every instruction "very poor", which would empty the quickstart. Add it with a
-    # real model (--filters empty,unfinished,dedup,repetition,quality); dedup runs before the judging.
-    filters: list[str | dict[str, Any]] = Field(default_factory=lambda: [
-        "empty", "unfinished", "dedup", {"name": "repetition", "field": ["instruction", "response"]}])
+    # The study's filters (A.1): duplicates, repetitive prompts or responses, poor quality (judged by
+    # the model itself, prompts or responses) and unfinished instructions: `default_filters`.
+    # Without `filters`, the chain is `default_filters`, with `quality` unless the model is the embedded one.
+    filters: list[str | dict[str, Any]] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_chain(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("filters"):
+            data = {**data, "filters": default_filters(quality=not is_embedded(data.get("model")))}
+        return data
 
     @field_validator("temps")
     @classmethod
@@ -292,9 +316,10 @@ class RespondStage(GenerationStage):
         for row in context:
             res = results[row["id"]]
             out = dict(row)
-            msgs = ([{"role": "system", "content": row["system_prompt"]}] if row["system_prompt"] else []) + [
-                {"role": "user", "content": row["instruction"]},
-                {"role": "assistant", "content": res.text.strip()}]
+            # The training conversation: the system prompt only steered generation (it stays in its own
+            # column), as in Magpie's releases; and a translated row then differs in language only.
+            msgs = [{"role": "user", "content": row["instruction"]},
+                    {"role": "assistant", "content": res.text.strip()}]
             out.update(response=res.text.strip(), conversation=msgs, response_temperature=r.temperature,
                        response_top_p=r.top_p, response_seed=seed_for(self.cfg.seed, "response", row["id"]),
                        response_finish_reason=res.finish_reason, response_tokens=res.output_tokens)

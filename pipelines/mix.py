@@ -40,7 +40,9 @@ import pyarrow as pa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from lrpipe.chat import is_message_type
 from lrpipe.errors import InputError
+from lrpipe.languages import language_view
 from lrpipe.parallel import fork_map, wait_for_files
 from lrpipe.runner import MapStage, UnitOutput
 from lrpipe.shards import REJECT_DETAIL, REJECT_REASON, ShardDir, UnitSpec, atomic_ipc_file, read_arrow
@@ -79,7 +81,9 @@ class MixSource(BaseModel):
     target_share: float | None = Field(None, ge=0, le=1)
     unpaired: Literal["drop", "keep"] = "drop"
     split: str = "train"
-    id_field: str = "id"
+    #: the id column (``uuid``...); default: ``id`` or another usual id column, else ids derived from the
+    #: rows' content, the same rule every stage uses, so a translation pairs with its source
+    id_field: str | None = None
     #: on a side of language L: ``X_L`` replaces ``X`` and other languages' ``X_M`` are dropped, so a
     #: ``pipe translate`` directory (``instruction`` + ``instruction_eu``) serves either language
     language_columns: bool = True
@@ -243,7 +247,8 @@ class MixStage(MapStage):
         for s in recipe.sources:
             for lang, spec in (s.parallel or {s.language: s.input}).items():  # type: ignore[dict-item]
                 if (s.name, lang) not in self.sources:
-                    self.sources[(s.name, lang)] = open_source(spec, split=s.split, rows_per_unit=recipe.rows_per_unit)
+                    self.sources[(s.name, lang)] = open_source(spec, split=s.split, rows_per_unit=recipe.rows_per_unit,
+                                                               id_field=s.id_field)
         self._plan: list[UnitSpec] | None = None
         self.counts: dict[int, np.ndarray] = {}  # unit index -> copies per row
         self.reasons: dict[int, np.ndarray] = {}  # unit index -> reason code per row (0 = selected)
@@ -278,33 +283,17 @@ class MixStage(MapStage):
         return spec, self.sources[(p["source"], p["language"])], UnitSpec(**p["inner"])
 
     def read(self, unit: UnitSpec) -> pa.Table:
-        """The unit's rows with the side's language columns in place and ``id`` present."""
+        """The unit's rows as its side's language sees them (:func:`lrpipe.languages.language_view`),
+        with the source's ``id``."""
         spec, src, inner = self._inner(unit)
         t = src.read_unit(inner)
-        lang = unit.params["language"]
         if spec.language_columns:
-            others = [x for x in self.langs if x != lang]
-            for c in list(t.column_names):
-                if any(c.endswith(f"_{o}") for o in others):
-                    t = t.drop_columns([c])
-            for c in list(t.column_names):
-                if c.endswith(f"_{lang}"):
-                    base = c[: -len(lang) - 1]
-                    col = t.column(c)
-                    t = t.drop_columns([x for x in (base, c) if x in t.column_names])
-                    t = t.append_column(base, col)
-        ids = t.column(spec.id_field).to_pylist() if spec.id_field in t.column_names else None
-        if ids is None or any(v is None for v in ids):
-            where = src.describe().get("path") or src.describe().get("hub_id")
-            if spec.parallel is not None:
-                row = 0 if ids is None else ids.index(None)
-                raise InputError("a parallel source needs an id in every row (the ids pair the two languages)",
-                                 path=where, row=row, field=spec.id_field)
-            start = inner.params.get("start", 0)
-            ids = [str(v) if v is not None else f"{inner.name}#{start + i}" for i, v in enumerate(ids or [None] * t.num_rows)]
-        if "id" in t.column_names:
-            t = t.drop_columns(["id"])
-        return t.append_column("id", pa.array([str(v) for v in ids], pa.string()))
+            t = language_view(t, unit.params["language"], self.langs)
+        return t
+
+    def source_rejects(self, unit: UnitSpec) -> pa.Table | None:
+        _, src, inner = self._inner(unit)
+        return src.rejects(inner)
 
     # ---------------------------------------------------------------- prepare: index, select
     def prepare(self, shard: ShardDir, rank: int, world_size: int) -> None:
@@ -325,7 +314,7 @@ class MixStage(MapStage):
         t = self.read(unit)
         # only text columns reach the counter (an image column would be copied into Python for nothing)
         text_cols = [f.name for f in t.schema if f.name != "id" and (
-            pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or f.name == "conversation")]
+            pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or is_message_type(f.type))]
         rows = t.select(text_cols).to_pylist() if self.tok is not None else []
         from lrpipe.pipelines.pack import count_tokens
 
@@ -405,15 +394,14 @@ class MixStage(MapStage):
         langs = list(s.parallel)
         where: dict[str, dict[str, tuple[int, int]]] = {}
         tok_of: dict[str, dict[str, int]] = {}
+        dups: list[tuple[int, int]] = []
         for lang in langs:
             where[lang], tok_of[lang] = {}, {}
             for u in (u for u in units if u.params["language"] == lang):
                 for i, x in enumerate(ids[u.index]):
-                    if x in where[lang]:
-                        src = self.sources[(s.name, lang)].describe()
-                        raise InputError(f"id '{x}' appears twice on the '{lang}' side of parallel source "
-                                         f"'{s.name}' (units {where[lang][x][0]} and {u.index})",
-                                         path=src.get("path") or src.get("hub_id"), field=s.id_field)
+                    if x in where[lang]:  # a second row with this id on this side: it cannot pair
+                        dups.append((u.index, i))
+                        continue
                     where[lang][x] = (u.index, i)
                     tok_of[lang][x] = int(toks[u.index][i])
         a, b = langs
@@ -425,7 +413,7 @@ class MixStage(MapStage):
         tokens = np.array([(tok_of[a][x] + tok_of[b][x]) / 2 if x in where[a] and x in where[b] else
                            tok_of[a].get(x, tok_of[b].get(x, 0)) for x in pool_ids], np.float64)
         return {"ids": pool_ids, "tokens": tokens, "paired": len(paired), "where": where, "tok_of": tok_of,
-                "only": only}
+                "only": only, "dups": dups}
 
     def _assign(self, s: MixSource, pool: dict[str, Any], counts: np.ndarray, entry: dict[str, Any]) -> None:
         """Turn per-pool-entry copies into per-unit-row copies and reasons; fill the report entry."""
@@ -479,11 +467,13 @@ class MixStage(MapStage):
                 for lang in (eng, tgt):
                     for x in pool["only"][lang]:
                         put(*where[lang][x], 0, UNPAIRED)
+            for u, i in pool["dups"]:
+                put(u, i, 0, DUPLICATE)
             entry["parallel"] = {
                 "target_share_requested": share, "paired_ids": n_paired, "paired_selected": len(chosen),
                 "target_ids": n_tgt, "target_share": n_tgt / len(chosen) if len(chosen) else 0.0,
                 f"only_{eng}": len(pool["only"][eng]), f"only_{tgt}": len(pool["only"][tgt]),
-                "unpaired": s.unpaired}
+                "unpaired": s.unpaired, "duplicate_ids": len(pool["dups"])}
         self.counts.update(per_unit)
         self.reasons.update(reason)
         entry["rows"] = sum(lang_rows.values())
@@ -522,11 +512,12 @@ class MixStage(MapStage):
         return self._unit_tokens[unit.index]
 
 
-SELECTED, NOT_SAMPLED, SWAPPED, UNPAIRED = 0, 1, 2, 3
-REASONS = {NOT_SAMPLED: "not_sampled", SWAPPED: "swapped", UNPAIRED: "unpaired"}
+SELECTED, NOT_SAMPLED, SWAPPED, UNPAIRED, DUPLICATE = 0, 1, 2, 3, 4
+REASONS = {NOT_SAMPLED: "not_sampled", SWAPPED: "swapped", UNPAIRED: "unpaired", DUPLICATE: "duplicate_id"}
 REASON_DETAIL = {NOT_SAMPLED: "outside the source's row/token budget",
                  SWAPPED: "the other language's version of this id is in the mixture",
-                 UNPAIRED: "id present in one language only (unpaired: drop)"}
+                 UNPAIRED: "id present in one language only (unpaired: drop)",
+                 DUPLICATE: "an earlier row on this side of the parallel source has the same id"}
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from lrpipe.errors import PipeError
+from lrpipe import chat
+from lrpipe.errors import PipeError, RowError
 from lrpipe.runner import MapStage, UnitOutput
 from lrpipe.shards import REJECT_DETAIL, REJECT_REASON, UnitSpec
 from lrpipe.sources import Source
@@ -202,24 +203,24 @@ def tokenize_document(tok: Any, text: str) -> list[int]:
     return tokenize_documents(tok, [text])[0].tolist()
 
 
-def conversation_of(row: dict[str, Any], conv_field: str = "conversation") -> list[dict[str, str]] | None:
-    """The row's conversation: the messages column, or an instruction/response pair (Magpie rows)."""
-    conv = row.get(conv_field)
-    if conv is None and isinstance(row.get("instruction"), str) and isinstance(row.get("response"), str):
-        conv = [{"role": "user", "content": row["instruction"]}, {"role": "assistant", "content": row["response"]}]
-    if conv is None:
-        return None
-    return [{"role": m["role"], "content": m["content"] or ""} for m in conv]
+def conversation_of(row: dict[str, Any], conv_field: str | None = None) -> list[dict[str, str]] | None:
+    """The row's conversation (:func:`lrpipe.chat.conversation_of`: a messages or ShareGPT column, or an
+    instruction/response pair); raises :class:`~lrpipe.errors.RowError` for a malformed one."""
+    return chat.conversation_of(row, conv_field)
 
 
-def count_tokens(tok: Any, rows: list[dict[str, Any]], conv_field: str = "conversation",
+def count_tokens(tok: Any, rows: list[dict[str, Any]], conv_field: str | None = None,
                  text_field: str = "text") -> list[int]:
     """Tokens each row will have in ``pipe pack`` (chat-template render, or document + BOS/EOS), in
-    one batched tokenizer call. Rows with neither a conversation nor a text count the tokens of their
-    string fields (e.g. multimodal question/answer rows), which is what a mixture's shares need."""
+    one batched tokenizer call. Rows with neither a conversation nor a text (multimodal question/answer
+    rows), or with a malformed conversation, count the tokens of their string fields, which is what a
+    mixture's shares need."""
     texts, extra = [], []
     for r in rows:
-        conv = conversation_of(r, conv_field)
+        try:
+            conv = conversation_of(r, conv_field)
+        except RowError:
+            conv = None
         if conv is not None:
             texts.append(_render(tok, conv, gen=False) if tok.chat_template else
                          "\n".join(m["content"] for m in conv))
@@ -275,24 +276,43 @@ PACKED_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.li
 
 
 class PackStage(MapStage):
+    """Tokenize and pack one input unit into fixed-length rows.
+
+    ``language``: read the input as that language sees it (``X_<lang>`` in place of ``X``), for a
+    ``pipe translate`` directory packed directly; a ``pipe mix`` output is already one language per row.
+    """
+
     name = "pack"
 
     def __init__(self, source: Source, tokenizer: Any, tokenizer_id: str, seq_len: int = 8192,
-                 conversation_field: str = "conversation", text_field: str = "text", id_field: str = "id") -> None:
+                 conversation_field: str | None = None, text_field: str = "text", id_field: str = "id",
+                 language: str | None = None, languages: list[str] | None = None) -> None:
         self.source, self.tok, self.tokenizer_id, self.seq_len = source, tokenizer, tokenizer_id, seq_len
         self.conv, self.text, self.id_field = conversation_field, text_field, id_field
+        self.language, self.languages = language, list(languages or ([language] if language else []))
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
     def config(self) -> dict[str, Any]:
-        return {"tokenizer": self.tokenizer_id, "seq_len": self.seq_len, "conversation_field": self.conv,
-                "text_field": self.text, "chat_template_sha": _sha(self.tok.chat_template or ""),
-                "input": self.source.identity()}
+        c = {"tokenizer": self.tokenizer_id, "seq_len": self.seq_len, "conversation_field": self.conv,
+             "text_field": self.text, "chat_template_sha": _sha(self.tok.chat_template or ""),
+             "input": self.source.identity()}
+        if self.language:
+            c["language"] = self.language
+        return c
 
     def inputs(self) -> list[dict[str, Any]]:
         return [self.source.describe()]
 
     def plan(self) -> list[UnitSpec]:
         return self.source.units()
+
+    def read(self, unit: UnitSpec) -> pa.Table:
+        table = self.source.read_unit(unit)
+        if self.language:
+            from lrpipe.languages import language_view
+
+            table = language_view(table, self.language, self.languages)
+        return table
 
     def docs_of(self, table: pa.Table, unit: UnitSpec) -> tuple[list[Doc], dict[int, tuple[str, str]]]:
         """The unit's documents in row order (conversations and split corpus documents) and the rows
@@ -302,13 +322,19 @@ class PackStage(MapStage):
         texts: dict[int, str] = {}
         rows = table.to_pylist()
         for i, r in enumerate(rows):
-            msgs = conversation_of(r, self.conv)
+            try:
+                msgs = conversation_of(r, self.conv)
+            except RowError as e:
+                bad[i] = ("bad_input", f"{unit.name} row {i}: {e}")
+                continue
             if msgs is not None:
                 convs[i] = msgs
             elif isinstance(r.get(self.text), str):
                 texts[i] = r[self.text]
             else:
-                bad[i] = ("bad_input", f"{unit.name} row {i}: neither '{self.conv}' nor '{self.text}'")
+                what = f"'{self.conv}'" if self.conv else "a conversation (conversation/conversations/messages)"
+                bad[i] = ("bad_input", f"{unit.name} row {i}: neither {what}, an instruction/response pair, "
+                                       f"nor '{self.text}'")
         conv_tok = dict(zip(convs, tokenize_conversations(self.tok, list(convs.values()))))
         text_tok = dict(zip(texts, tokenize_documents(self.tok, list(texts.values()))))
         docs = []
@@ -328,7 +354,7 @@ class PackStage(MapStage):
         return docs, bad
 
     def process(self, unit: UnitSpec) -> UnitOutput:
-        table = self.source.read_unit(unit)
+        table = self.read(unit)
         docs, bad = self.docs_of(table, unit)
         bins = pack_bfd(docs, self.seq_len)
         n, L = len(bins), self.seq_len

@@ -48,7 +48,9 @@ class MessageField(BaseModel):
 
 class Fields(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str | None = "id"
+    #: the id column (``uuid``, ``question_id``); None: ``id`` or another usual id column, else an id
+    #: derived from the row's content (see :mod:`lrpipe.sources`)
+    id: str | None = None
     # conversation items
     messages: list[MessageField] | None = None
     conversation: str | None = None
@@ -61,9 +63,13 @@ class Fields(BaseModel):
 
 class RecipeSampling(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    temperature: float = 0.7
-    top_p: float = 0.15
-    max_tokens: int = 2048
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.15, gt=0, le=1)
+    #: the cap; each row gets ``min(cap, output_factor × source tokens + output_margin)``, and never
+    #: more than the model's context leaves after the prompt
+    max_tokens: int = Field(2048, gt=0)
+    output_factor: float = Field(2.0, gt=0)
+    output_margin: int = Field(64, ge=0)
     repetition_penalty: float = 1.0
 
 
@@ -79,8 +85,16 @@ class Recipe(BaseModel):
     model: str | None = None
     source_lang: str = "en"
     target_lang: str = "eu"
+    #: names used in prompts (default: the built-in table of ISO codes, :mod:`lrpipe.languages`)
+    source_name: str | None = None
+    target_name: str | None = None
     style: str | None = None
     input: str | None = None
+    #: the split of an ``hf://`` input (benchmarks: the split the study evaluated on)
+    split: str | None = None
+    #: rows kept before sampling: ``{column: regex}``, every regex must match the column's text
+    #: (PixMo-CapQA: answers starting with yes/no)
+    select: dict[str, str] = Field(default_factory=dict)
     fields: Fields
     answers_count: int | None = None
     fewshot: str | None = None
@@ -100,6 +114,13 @@ class Recipe(BaseModel):
         bad = [c for c in self.checks if c not in CHECKS]
         if bad:
             raise ValueError(f"unknown checks {bad}; available: {', '.join(CHECKS)}")
+        for col, rx in self.select.items():
+            try:
+                re.compile(rx)
+            except re.error as e:
+                raise ValueError(f"select.{col}: invalid regex ({e})") from e
+        if self.sample is not None and self.sample < 0:
+            raise ValueError("sample must be >= 0 (0: every row)")
         f = self.fields
         if self.kind == "conversation":
             if bool(f.messages) == bool(f.conversation):
@@ -113,10 +134,11 @@ class Recipe(BaseModel):
                 raise ValueError("give fields.answer (one string) or fields.answers (a list), not both")
 
     def input_columns(self) -> list[str]:
+        """Columns every input must have (the id column is not one: rows without it get derived ids)."""
         f = self.fields
         cols = [f.conversation] if f.conversation else [m.field for m in f.messages or []]
         cols += [c for c in (f.question, f.answer, f.answers) if c]
-        return [c for c in cols if c] + ([f.id] if f.id else [])
+        return [c for c in cols if c] + list(self.select)
 
     def output_column(self, col: str) -> str:
         return f"{col}_{self.target_lang}"
@@ -138,19 +160,21 @@ def load_recipe(name_or_path: str, **overrides: Any) -> Recipe:
         doc = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise InputError(f"invalid YAML ({e})", path=str(path)) from e
-    doc.update({k: v for k, v in overrides.items() if v is not None})
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if k in RecipeSampling.model_fields:
+            doc.setdefault("sampling", {})[k] = v
+        elif k == "id_field":
+            doc.setdefault("fields", {})["id"] = v
+        else:
+            doc[k] = v
     try:
         return Recipe(**doc)
     except ValidationError as e:
         first = e.errors()[0]
         raise InputError(f"invalid recipe: {first['msg']}", path=str(path),
                          field=".".join(str(x) for x in first["loc"]) or None) from e
-
-
-def language_name(code: str) -> str:
-    from lrpipe.filters.language import _language
-
-    return _language(code).name.title()
 
 
 # ------------------------------------------------------------------------------------------ items
@@ -199,15 +223,13 @@ def extract(row: dict[str, Any], recipe: Recipe) -> Any:
     f = recipe.fields
     if recipe.kind == "conversation":
         if f.conversation:
-            conv = row.get(f.conversation)
-            if not isinstance(conv, list) or not conv:
-                raise ValueError(f"field '{f.conversation}': expected a non-empty list of messages")
-            out = []
-            for k, m in enumerate(conv):
-                if not isinstance(m, dict) or not isinstance(m.get("content"), str) or not m.get("role"):
-                    raise ValueError(f"field '{f.conversation}': message {k} needs 'role' and string 'content'")
-                out.append({"role": str(m["role"]), "content": m["content"]})
-            return out
+            from lrpipe.chat import normalize_conversation
+            from lrpipe.errors import RowError
+
+            try:
+                return normalize_conversation(row.get(f.conversation), field=f.conversation)
+            except RowError as e:
+                raise ValueError(str(e)) from e
         out = []
         for m in f.messages or []:
             v = row.get(m.field)
@@ -344,22 +366,34 @@ def missing_protected(src: str, tgt: str) -> str | None:
     return None
 
 
+#: reasons that another attempt cannot fix: rejected at once, without retries
+FINAL_REASONS = {"too_long"}
+
+
 class Checker:
     """Runs a recipe's checks on one translated item against its source item."""
 
     def __init__(self, recipe: Recipe) -> None:
+        from lrpipe.filters.span_repetition import SpanRepetition
+        from lrpipe.languages import lingua_knows
+
         self.recipe = recipe
         self.checks = set(recipe.checks)
-        self._span = self._lang = None
-        if "span_repetition" in self.checks:
-            from lrpipe.filters.span_repetition import SpanRepetition
-
-            self._span = SpanRepetition(field="tgt", source_field="src")
+        self.notes: list[str] = []
+        # also measures outputs cut at max_tokens: a loop is worth a retry, a long translation is not
+        self._span = SpanRepetition(field="tgt", source_field="src")
+        self._lang = None
         if "language" in self.checks:
-            from lrpipe.filters.language import LanguageFilter
+            if not lingua_knows(recipe.target_lang):
+                self.notes.append(f"the language check is skipped: the detector (lingua) has no model for "
+                                  f"'{recipe.target_lang}'")
+            else:
+                from lrpipe.filters.language import LanguageFilter
 
-            cands = recipe.language_candidates or sorted({recipe.source_lang, "en", "es", "fr"} - {recipe.target_lang})
-            self._lang = LanguageFilter(field="t", language=recipe.target_lang, candidates=cands)
+                cands = recipe.language_candidates or sorted(
+                    {c for c in (recipe.source_lang, "en", "es", "fr") if lingua_knows(c)} - {recipe.target_lang})
+                self._lang = LanguageFilter(field="t", language=recipe.target_lang, candidates=cands)
+                self._src_known = lingua_knows(recipe.source_lang)
 
     def parse(self, text: str, src: Any, labels: dict[str, str]) -> Any:
         if self.recipe.format == "text":
@@ -370,11 +404,12 @@ class Checker:
         """(parsed translation or None, reject reason or "", detail)."""
         if finish_reason == "error":
             return None, "engine_error", text[:200]
+        if finish_reason == "length":
+            return None, *self._cut(src, text)
         try:
             tgt = self.parse(text, src, labels)
         except (json.JSONDecodeError, ValueError) as e:
-            why = "cut at max_tokens" if finish_reason == "length" else str(e)
-            return None, "invalid_json" if self.recipe.format == "json" else "unparseable", f"{why}: {text[:120]!r}"
+            return None, "invalid_json" if self.recipe.format == "json" else "unparseable", f"{e}: {text[:120]!r}"
         problem = self._count(src, tgt)
         if problem and "count" in self.checks:
             return None, "count_mismatch", problem
@@ -390,17 +425,40 @@ class Checker:
                 miss = missing_protected(a, b)
                 if miss:
                     return None, "not_preserved", f"text {k}: {miss}"
-        if self._span is not None:
+        if "span_repetition" in self.checks:
             verdicts = self._span.keep_batch(pa.table({"src": s_texts, "tgt": t_texts}))
             for k, (ok, detail) in enumerate(verdicts):
                 if not ok:
                     return None, "span_repetition", f"text {k}: {detail.split(': ', 1)[-1]}"
         if self._lang is not None:
-            joined = "\n\n".join(t_texts)
-            ok, detail = self._lang.keep_batch(pa.table({"t": [joined]}))[0]
-            if not ok:
-                return None, "wrong_language", detail.split(": ", 1)[-1]
+            wrong = self.wrong_language(s_texts, t_texts)
+            if wrong:
+                return None, "wrong_language", wrong
         return tgt, "", ""
+
+    def _cut(self, src: Any, text: str) -> tuple[str, str]:
+        """An output cut at max_tokens: a loop (retried with a new seed) or a translation longer than the
+        row's budget (final: another attempt would be cut the same way)."""
+        source = json.dumps(src, ensure_ascii=False) if self.recipe.format == "json" else "\n".join(texts_of(src))
+        ok, detail = self._span.keep_batch(pa.table({"src": [source], "tgt": [text]}))[0]
+        if not ok:
+            return "span_repetition", f"cut at max_tokens in a loop: {detail.split(': ', 1)[-1]}"
+        return "too_long", f"cut at max_tokens: {text[-120:]!r}"
+
+    def wrong_language(self, s_texts: list[str], t_texts: list[str]) -> str:
+        """Each text on its own: a translation must be in the target language, unless its source text is
+        not in the source language either (code, a quote, the French answer to a request to translate
+        into French), in which case either language passes. "" when every text passes."""
+        assert self._lang is not None
+        det = self._lang.detect(t_texts)
+        src_det = self._lang.detect(s_texts) if self._src_known else [self.recipe.source_lang] * len(s_texts)
+        for k, (got, was) in enumerate(zip(det, src_det)):
+            if got is None or got == self.recipe.target_lang:
+                continue
+            if was is not None and was != self.recipe.source_lang:
+                continue  # the source text is in another language: left as it was is fine
+            return f"text {k}: detected {got}, expected {self.recipe.target_lang}"
+        return ""
 
     @staticmethod
     def _count(src: Any, tgt: Any) -> str | None:
@@ -434,7 +492,10 @@ class PromptBuilder:
     def __init__(self, recipe: Recipe, tokenizer: Any, shots: Shots) -> None:
         self.recipe, self.tok, self.shots = recipe, tokenizer, shots
         meta = shots.meta
-        self.src_name, self.tgt_name = language_name(recipe.source_lang), language_name(recipe.target_lang)
+        from lrpipe.languages import language_name
+
+        self.src_name = language_name(recipe.source_lang, recipe.source_name)
+        self.tgt_name = language_name(recipe.target_lang, recipe.target_name)
         self.labels_src = meta.get("labels", {}).get("source", {"question": "Question", "answer": "Answer"})
         self.labels_tgt = meta.get("labels", {}).get("target", {"question": "Question", "answer": "Answer"})
         style = recipe.style or meta.get("style") or f"standard {self.tgt_name}"
@@ -482,31 +543,34 @@ class PromptBuilder:
 
 
 # ------------------------------------------------------------------------------------------ stage
-def row_id(row: dict[str, Any], recipe: Recipe, unit: UnitSpec, i: int) -> str:
-    """The row's id: the recipe's id column, else an ``id`` column, else its position in the input
-    (file stem and row number), which is stable across runs of the same input."""
-    f = recipe.fields.id
-    for col in (f, "id"):
-        if col and row.get(col) is not None:
-            return str(row[col])
-    if "path" in unit.params:
-        return f"{Path(unit.params['path']).stem}-{unit.params.get('start', 0) + i:08d}"
-    return f"{unit.name}-{i:08d}"
+def selected(row: dict[str, Any], select: dict[str, str]) -> bool:
+    """Whether the row passes the recipe's ``select``: every column's text matches its regex."""
+    for col, rx in select.items():
+        v = row.get(col)
+        if not isinstance(v, str) or not re.search(rx, v):
+            return False
+    return True
 
 
 class SampleStage(MapStage):
-    """A seeded subset of ``n`` rows (benchmarks: 2,500 in the study), the same for any unit layout:
-    the rows with the ``n`` smallest hashes of (seed, id). Writes the source-language version with an
-    ``id`` column, which the translation keeps, so both languages are evaluated on identical ids."""
+    """The recipe's ``select`` (PixMo-CapQA: yes/no questions), then a seeded subset of ``n`` of the
+    selected rows (benchmarks: 2,500 in the study; ``n=None``: all of them), the same for any unit
+    layout: the selected rows with the ``n`` smallest hashes of (seed, id). Selection comes first, so no
+    compute is spent on rows the evaluation would skip, and both languages keep the same instances.
+
+    Writes the source-language version (``source/``), whose ids the translation keeps. Rows left out
+    are accounted for as slim rejected records (id and reason: ``not_selected``, ``not_sampled``)
+    rather than copies of the data."""
 
     name = "sample"
 
-    def __init__(self, source: Source, recipe: Recipe, n: int, seed: int) -> None:
+    def __init__(self, source: Source, recipe: Recipe, n: int | None, seed: int) -> None:
         self.source, self.recipe, self.n, self.seed = source, recipe, n, seed
-        self._chosen: dict[int, list[int]] | None = None
+        self._chosen: dict[int, set[int]] | None = None
+        self._selected: dict[int, set[int]] = {}
 
     def config(self) -> dict[str, Any]:
-        return {"n": self.n, "seed": self.seed, "input": self.source.identity(), "id": self.recipe.fields.id}
+        return {"n": self.n, "seed": self.seed, "select": self.recipe.select, "input": self.source.identity()}
 
     def inputs(self) -> list[dict[str, Any]]:
         return [self.source.describe()]
@@ -514,7 +578,13 @@ class SampleStage(MapStage):
     def plan(self) -> list[UnitSpec]:
         return self.source.units()
 
-    def chosen(self) -> dict[int, list[int]]:
+    def _select(self, t: pa.Table) -> list[int]:
+        if not self.recipe.select:
+            return list(range(t.num_rows))
+        rows = t.select([c for c in self.recipe.select if c in t.column_names]).to_pylist()
+        return [i for i, r in enumerate(rows) if selected(r, self.recipe.select)]
+
+    def chosen(self) -> dict[int, set[int]]:
         if self._chosen is None:
             import heapq
 
@@ -523,37 +593,40 @@ class SampleStage(MapStage):
             scored = []
             for u in self.plan():
                 t = self.source.read_unit(u)
-                cols = [c for c in (self.recipe.fields.id, "id") if c and c in t.column_names]
-                ids = t.column(cols[0]).to_pylist() if cols else [None] * t.num_rows
-                for i, v in enumerate(ids):
-                    rid = str(v) if v is not None else row_id({}, self.recipe, u, i)
-                    scored.append((xxhash.xxh3_64_intdigest(f"{self.seed}:{rid}".encode()), rid, u.index, i))
-            picked = heapq.nsmallest(self.n, scored)
+                keep = self._select(t)
+                self._selected[u.index] = set(keep)
+                ids = t.column("id").to_pylist()
+                for i in keep:
+                    scored.append((xxhash.xxh3_64_intdigest(f"{self.seed}:{ids[i]}".encode()), ids[i], u.index, i))
+            picked = scored if self.n is None else heapq.nsmallest(self.n, scored)
             self._chosen = {}
             for _, _, ui, i in picked:
-                self._chosen.setdefault(ui, []).append(i)
+                self._chosen.setdefault(ui, set()).add(i)
         return self._chosen
 
     def prepare(self, shard: Any, rank: int, world_size: int) -> None:
         self.chosen()
 
-    def unit_size(self, unit: UnitSpec) -> int:
-        return len(self.chosen().get(unit.index, []))
-
     def process(self, unit: UnitSpec) -> UnitOutput:
-        rows = sorted(self.chosen().get(unit.index, []))
-        t = self.source.read_unit(unit).take(pa.array(rows, pa.int64()))
-        if "id" not in t.column_names:
-            col = self.recipe.fields.id
-            vals = t.column(col).to_pylist() if col and col in t.column_names else [None] * len(rows)
-            t = t.append_column("id", pa.array([str(v) if v is not None else row_id({}, self.recipe, unit, i)
-                                                for v, i in zip(vals, rows)], pa.string()))
-        return UnitOutput(kept=t, rejected=None, rows_in=len(rows))
+        t = self.source.read_unit(unit)
+        chosen = self.chosen().get(unit.index, set())
+        sel = self._selected.get(unit.index, set())
+        keep = sorted(chosen)
+        rest = [i for i in range(t.num_rows) if i not in chosen]
+        reasons = ["not_sampled" if i in sel else "not_selected" for i in rest]
+        details = {"not_sampled": f"outside the seeded sample of {self.n}",
+                   "not_selected": f"does not match select {self.recipe.select}"}
+        rejected = pa.table({"id": t.column("id").take(pa.array(rest, pa.int64())),
+                             REJECT_REASON: pa.array(reasons, pa.string()),
+                             REJECT_DETAIL: pa.array([details[r] for r in reasons], pa.string())})
+        return UnitOutput(kept=t.take(pa.array(keep, pa.int64())), rejected=rejected, rows_in=t.num_rows,
+                          stats={"selected": len(sel), "sampled": len(keep)})
 
 
 @dataclass
 class _Row:
     item: Any
+    max_tokens: int = 0
     attempts: int = 0
     translation: Any = None
     reason: str = ""
@@ -562,6 +635,15 @@ class _Row:
 
 
 class TranslateStage(GenerationStage):
+    """Translates every row's item; retries failed attempts with new seeds in the same engine stream.
+
+    Output columns are ``<column>_<tgt>`` for every translated column. A ``conversation:`` recipe's
+    column is written in the source column's own form (ShareGPT stays ShareGPT, roles as they were), so
+    both languages share one schema; a ``messages:`` recipe (Magpie's ``instruction``/``response``)
+    also gets ``conversation_<tgt>``, the translated conversation in messages form. On a
+    target-language row (``pipe mix``, ``pipe pack --language``) these take the place of the source
+    columns, so what is trained is the translation."""
+
     name = "translate"
 
     def __init__(self, source: Source, recipe: Recipe, engine: Any, model_id: str) -> None:
@@ -569,6 +651,7 @@ class TranslateStage(GenerationStage):
         self.shots = load_shots(recipe)
         self.prompts = PromptBuilder(recipe, engine.tokenizer, self.shots)
         self.checker = Checker(recipe)
+        self.context = getattr(engine, "context_length", None)
 
     def config(self) -> dict[str, Any]:
         import hashlib
@@ -590,28 +673,36 @@ class TranslateStage(GenerationStage):
 
     def provenance(self) -> dict[str, Any]:
         return {"engine": self.engine.describe(), "model": self.model_id, "recipe": self.recipe.name,
-                "fewshot_provenance": self.shots.meta.get("provenance")}
+                "fewshot_provenance": self.shots.meta.get("provenance"), "notes": self.checker.notes}
 
     def plan(self) -> list[UnitSpec]:
         return self.source.units()
 
-    def _id(self, row: dict[str, Any], unit: UnitSpec, i: int) -> str:
-        return row_id(row, self.recipe, unit, i)
-
-    def _request(self, unit: UnitSpec, i: int, rid: str, st: _Row) -> GenRequest:
+    def budget(self, item: Any, prompt_len: int) -> int:
+        """Output tokens for one row: the recipe's factor × the item's own tokens + margin, capped by
+        ``max_tokens`` and by what the model's context leaves after the prompt."""
         s = self.recipe.sampling
-        sampling = Sampling(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
+        n = len(self.engine.tokenizer(self.prompts.render_item(item), add_special_tokens=False)["input_ids"])
+        budget = min(s.max_tokens, int(n * s.output_factor) + s.output_margin)
+        if self.context:
+            budget = min(budget, self.context - prompt_len)
+        return budget
+
+    def _request(self, i: int, rid: str, st: _Row, prompt: list[int]) -> GenRequest:
+        s = self.recipe.sampling
+        sampling = Sampling(temperature=s.temperature, top_p=s.top_p, max_tokens=st.max_tokens,
                             repetition_penalty=s.repetition_penalty,
                             seed=seed_for(self.recipe.seed, "translate", rid, st.attempts),
                             stop=self.prompts.stop(),
                             json_schema=schema_for(st.item) if self.recipe.format == "json" else None)
-        return GenRequest(key=(i, st.attempts), prompt=self.prompts.ids(st.item), sampling=sampling)
+        return GenRequest(key=(i, st.attempts), prompt=prompt, sampling=sampling)
 
     def requests(self, unit: UnitSpec) -> tuple[Any, list[GenRequest]]:
         table = self.source.read_unit(unit)
         rows = table.to_pylist()
         states: dict[int, _Row] = {}
         bad: dict[int, tuple[str, str]] = {}
+        prompts: dict[int, list[int]] = {}
         reqs = []
         for i, row in enumerate(rows):
             try:
@@ -619,9 +710,15 @@ class TranslateStage(GenerationStage):
             except ValueError as e:
                 bad[i] = ("bad_input", f"{unit.name} row {i}: {e}")
                 continue
-            states[i] = _Row(item)
-            reqs.append(self._request(unit, i, self._id(row, unit, i), states[i]))
-        return {"table": table, "rows": rows, "states": states, "bad": bad}, reqs
+            prompt = self.prompts.ids(item)
+            st = _Row(item, max_tokens=self.budget(item, len(prompt)))
+            if st.max_tokens < 16:
+                bad[i] = ("too_long", f"prompt of {len(prompt)} tokens leaves {st.max_tokens} of the model's "
+                                      f"{self.context}-token context for the translation")
+                continue
+            states[i], prompts[i] = st, prompt
+            reqs.append(self._request(i, row["id"], st, prompt))
+        return {"table": table, "rows": rows, "states": states, "bad": bad, "prompts": prompts}, reqs
 
     def _judge(self, ctx: dict[str, Any], results: dict[Any, GenResult]) -> None:
         """Check every row's newest result that has not been checked yet."""
@@ -640,9 +737,9 @@ class TranslateStage(GenerationStage):
         self._judge(context, results)
         more = []
         for i, st in context["states"].items():
-            if st.translation is None and st.attempts < self.recipe.retries:
+            if st.translation is None and st.reason not in FINAL_REASONS and st.attempts < self.recipe.retries:
                 st.attempts += 1
-                more.append(self._request(unit, i, self._id(context["rows"][i], unit, i), st))
+                more.append(self._request(i, context["rows"][i]["id"], st, context["prompts"][i]))
         return more
 
     def finalize(self, unit: UnitSpec, context: Any, results: dict[Any, GenResult]) -> UnitOutput:
@@ -650,7 +747,7 @@ class TranslateStage(GenerationStage):
         table: pa.Table = context["table"]
         states: dict[int, _Row] = context["states"]
         kept = sorted(i for i, st in states.items() if st.translation is not None)
-        out_cols = self._output_columns(kept, states)
+        out_cols = self._output_columns(kept, states, context["rows"], table.schema)
         kept_t = table.take(pa.array(kept, pa.int64()))
         for name, values in out_cols.items():
             if name in kept_t.column_names:
@@ -668,26 +765,33 @@ class TranslateStage(GenerationStage):
                      "attempts": sum(st.attempts + 1 for st in states.values())}
         return out
 
-    def _output_columns(self, kept: list[int], states: dict[int, _Row]) -> dict[str, pa.Array]:
+    def _output_columns(self, kept: list[int], states: dict[int, _Row], rows: list[dict[str, Any]],
+                        schema: pa.Schema) -> dict[str, pa.Array]:
+        from lrpipe.chat import MESSAGE_TYPE, like_source
+
         r, f = self.recipe, self.recipe.fields
-        cols: dict[str, list[Any]] = {}
+        cols: dict[str, pa.Array] = {}
         if r.kind == "conversation":
             if f.conversation:
-                cols[r.output_column(f.conversation)] = [states[i].translation for i in kept]
+                vals = [like_source(states[i].translation, rows[i][f.conversation]) for i in kept]
+                cols[r.output_column(f.conversation)] = pa.array(vals, schema.field(f.conversation).type)
             else:
                 for k, m in enumerate(f.messages or []):
-                    cols[r.output_column(m.field)] = [states[i].translation[k]["content"] for i in kept]
+                    cols[r.output_column(m.field)] = pa.array([states[i].translation[k]["content"] for i in kept],
+                                                              pa.string())
+                # the translated conversation, so a target-language row trains on the translation
+                cols[r.output_column("conversation")] = pa.array(
+                    [[{"role": m["role"], "content": m["content"]} for m in states[i].translation] for i in kept],
+                    MESSAGE_TYPE)
         else:
-            cols[r.output_column(f.question)] = [states[i].translation["question"] for i in kept]
+            cols[r.output_column(f.question)] = pa.array([states[i].translation["question"] for i in kept], pa.string())
             if f.answer:
-                cols[r.output_column(f.answer)] = [states[i].translation["answer"] for i in kept]
+                cols[r.output_column(f.answer)] = pa.array([states[i].translation["answer"] for i in kept],
+                                                           pa.string())
             if f.answers:
-                cols[r.output_column(f.answers)] = [states[i].translation["answers"] for i in kept]
-        types = {k: (pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-                     if r.kind == "conversation" and f.conversation else
-                     pa.list_(pa.string()) if f.answers and k == r.output_column(f.answers) else pa.string())
-                 for k in cols}
-        return {k: pa.array(v, types[k]) for k, v in cols.items()}
+                cols[r.output_column(f.answers)] = pa.array([states[i].translation["answers"] for i in kept],
+                                                            pa.list_(pa.string()))
+        return cols
 
 
 # ------------------------------------------------------------------------------------------ dry run

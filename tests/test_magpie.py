@@ -183,10 +183,12 @@ def test_cli_errors_have_messages_and_exit_codes(tmp_path, env, tokenizer, model
     f.write_text('{"id": "a", "text": "hi:"}\n')
     r = _run_cli(["filter", "--input", str(f), "--out", str(tmp_path / "o")], env=env)
     assert r.returncode == 2 and "missing column(s) ['instruction']" in r.stderr and "field 'instruction'" in r.stderr
-    # bad row
+    # a bad row is a rejected row with its reason, not a failed job
     f.write_text('{"id": "a", "instruction": "x"}\n{"id": "b", "instruction": \n')
     r = _run_cli(["filter", "--input", str(f), "--out", str(tmp_path / "o")], env=env)
-    assert r.returncode == 2 and "in.jsonl, row 1: invalid JSON" in r.stderr
+    assert r.returncode == 0 and "1 kept, 1 rejected" in r.stdout, r.stderr
+    rej = ShardDir.open(tmp_path / "o").read_all(rejected=True).to_pylist()
+    assert rej[0]["reject_reason"] == "bad_input" and "in.jsonl, row 1: invalid JSON" in rej[0]["reject_detail"]
     # unreadable shard
     sd = tmp_path / "shard"
     (sd / "data").mkdir(parents=True)

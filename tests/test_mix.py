@@ -122,11 +122,19 @@ def test_swap_is_deterministic_in_seed_and_id(data, tmp_path):
     assert tgt(a) != tgt(c) and len(tgt(a)) == len(tgt(c))
 
 
-def test_parallel_source_needs_ids(tmp_path):
-    p = write_jsonl(tmp_path / "noid.jsonl", [{"instruction": "a", "response": "b"}])
-    rec = recipe(target_lang="eu", sources=[{"name": "x", "parallel": {"en": p, "eu": p}}])
-    with pytest.raises(InputError, match="noid.jsonl.*id"):
-        build(rec, tmp_path / "o")
+def test_parallel_source_without_ids_pairs_by_content_ids(tmp_path):
+    """Id-less inputs (CC3M, PixMo-AMA) get ids from their content, so a translation that kept the
+    source columns pairs with its source; a second row with the same id is a rejected row."""
+    rows = [{"image_url": f"https://x.org/{i}.jpg", "caption": f"dog number {i}"} for i in range(10)]
+    en = write_jsonl(tmp_path / "en.jsonl", rows + [rows[0]])  # the same row twice: ids h.. and h..~2
+    eu = write_jsonl(tmp_path / "eu.jsonl", [dict(r, caption_eu=f"{i}. txakurra") for i, r in enumerate(rows)][::-1])
+    rec = recipe(target_lang="eu", sources=[{"name": "x", "parallel": {"en": en, "eu": eu}, "target_share": 0.5}])
+    _, sd = build(rec, tmp_path / "o")
+    kept = sd.read_all().to_pylist()
+    assert len(kept) == 10 and len({r["id"] for r in kept}) == 10
+    assert sum(r["language"] == "eu" for r in kept) == 5
+    assert all(r["caption"].endswith("txakurra") == (r["language"] == "eu") for r in kept)
+    assert sd.manifest()["totals"]["rejected_by_reason"] == {"swapped": 10, "unpaired": 1}
 
 
 # ------------------------------------------------------------------------------------------ budgets

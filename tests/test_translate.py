@@ -175,7 +175,9 @@ def _with(content0=None, content1=None, roles=None):
 
 @pytest.mark.parametrize("case,text,finish,reason", [
     ("good", json.dumps(GOOD, ensure_ascii=False), "stop", ""),
-    ("invalid json", '[{"role": "user", "content": "Idatzi', "length", "invalid_json"),
+    ("invalid json", '[{"role": "user", "content": "Idatzi', "stop", "invalid_json"),
+    ("cut", '[{"role": "user", "content": "Idatzi', "length", "too_long"),
+    ("cut in a loop", '[{"role": "user", "content": "Idatzi' + " bai eta ez" * 60, "length", "span_repetition"),
     ("one message", json.dumps(GOOD[:1], ensure_ascii=False), "stop", "count_mismatch"),
     ("roles swapped", _with(roles=["assistant", "user"]), "stop", "count_mismatch"),
     ("empty", _with(content1="   "), "stop", "empty"),
@@ -214,10 +216,30 @@ def test_sample_is_seeded_layout_independent_and_keeps_ids(tmp_path):
     assert ids(tmp_path / "s1") == ids(tmp_path / "s2") != ids(tmp_path / "s3")
     rows = ShardDir.open(tmp_path / "s1").read_all().to_pylist()
     assert all(row["id"] == row["question_id"] and row["image"]["bytes"] == PNG for row in rows)
-    # no id column in the input: positional ids, stable
+    # every input row is accounted for: the rest are slim rejected records
+    m = ShardDir.open(tmp_path / "s1").manifest()
+    assert m["totals"]["rows_in"] == 40 and m["totals"]["rejected_by_reason"] == {"not_sampled": 30}
+    # no id column in the input: ids from the content, as every stage derives them
     ama = pixmo_ama_file(tmp_path / "m.parquet", n=5)
     run_stage(tr.SampleStage(FileSource([str(ama)]), tr.load_recipe("pixmo-ama"), 3, 0), tmp_path / "s4", progress=False)
-    assert all(re.fullmatch(r"m-\d{8}", i) for i in ids(tmp_path / "s4"))
+    assert all(re.fullmatch(r"h[0-9a-f]{20}", i) for i in ids(tmp_path / "s4"))
+
+
+def test_select_comes_before_the_sample(tmp_path):
+    """PixMo-CapQA: only yes/no answers are evaluated, so they are selected first and the sample is
+    drawn from them (every sampled row is usable)."""
+    rows = [{"image_url": f"https://x.org/{i}.jpg", "question": f"Is there a dog in picture {i}?",
+             "answer": ["Yes, a brown dog.", "No.", "There are two cats.", "yes", "It is red."][i % 5],
+             "messages": [f"Is there a dog in picture {i}?", "Yes."]} for i in range(50)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "capqa.parquet")
+    r = tr.load_recipe("pixmo-capqa", sample=12)
+    rep = run_stage(tr.SampleStage(FileSource([str(tmp_path / "capqa.parquet")]), r, r.sample, 0), tmp_path / "s",
+                    progress=False)
+    sd = ShardDir.open(tmp_path / "s")
+    kept = sd.read_all().to_pylist()
+    assert rep.rows_out == 12 and all(re.match(r"(?i)\W*(yes|no)\b", x["answer"]) for x in kept)
+    assert sd.manifest()["totals"]["rejected_by_reason"] == {"not_selected": 20, "not_sampled": 18}
+    assert kept[0]["messages"] == ["Is there a dog in picture " + kept[0]["question"].split()[-1][:-1] + "?", "Yes."]
 
 
 # ------------------------------------------------------------------------------------- the stage, scripted engine
@@ -257,7 +279,9 @@ def test_retries_with_new_seeds_then_reject_every_row_accounted(tmp_path, model_
         row += 4 * unit  # units of 4 rows
         q = table[row]["question"]
         if row == 0:  # always broken: rejected after 1 + 2 retries
-            return '{"question": "Zer', "length"
+            return '{"question": "Zer', "stop"
+        if row == 4 and attempt == 0:  # cut at the row's budget: final at once, no retry
+            return '{"question": "Zer dauka gizonak', "length"
         if row == 1 and attempt == 0:  # wrong count first, fixed on retry
             return json.dumps({"question": EU[q][0], "answers": EU[q][1][:3]}), "stop"
         if row == 2:  # stays English: wrong language
@@ -272,9 +296,10 @@ def test_retries_with_new_seeds_then_reject_every_row_accounted(tmp_path, model_
     sd = ShardDir.open(tmp_path / "out")
     kept, rej = sd.read_all().to_pylist(), sd.read_all(rejected=True).to_pylist()
     assert rep.rows_out + rep.rows_rejected == 6 == len(kept) + len(rej)
-    assert {r["question_id"] for r in rej} == {"q000", "q002"}
+    assert {r["question_id"] for r in rej} == {"q000", "q002", "q004"}
     reasons = {r["question_id"]: r["reject_reason"] for r in rej}
-    assert reasons == {"q000": "translate_invalid_json", "q002": "translate_wrong_language"}
+    assert reasons == {"q000": "translate_invalid_json", "q002": "translate_wrong_language",
+                       "q004": "translate_too_long"}
     by_id = {r["question_id"]: r for r in kept}
     assert by_id["q001"]["translate_attempts"] == 2 and by_id["q003"]["translate_attempts"] == 1
     assert by_id["q001"]["choices_eu"] == ["negua", "uda", "udaberria", "udazkena"]
@@ -282,9 +307,10 @@ def test_retries_with_new_seeds_then_reject_every_row_accounted(tmp_path, model_
     assert all(r["image"]["bytes"] == PNG for r in kept + rej)  # images untouched
     seeds = [(row, att, seed) for unit, row, att, seed in eng.calls if unit == 0 and row == 0]
     assert [a for _, a, _ in seeds] == [0, 1, 2] and len({s for _, _, s in seeds}) == 3
+    assert [a for unit, row, a, _ in eng.calls if unit == 1 and row == 0] == [0]  # q004: no retry of a cut
     m = sd.manifest()
     assert m["totals"]["balanced"] and m["totals"]["rejected_by_reason"] == {
-        "translate_invalid_json": 1, "translate_wrong_language": 1}
+        "translate_invalid_json": 1, "translate_wrong_language": 1, "translate_too_long": 1}
 
 
 def test_bad_input_rows_are_rejected_with_field(tmp_path, model_path):
@@ -329,9 +355,9 @@ def test_cli_list_and_dry_run(tmp_path, env):
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume(tmp_path, env):
-    src = aokvqa_file(tmp_path / "a.parquet", n=8)
+    src = aokvqa_file(tmp_path / "a.parquet", n=16)
     args = ["translate", "a-okvqa", "--input", str(src), "--engine", "transformers", "--batch-size", "4",
-            "--max-tokens", "8", "--retries", "0", "--rows-per-unit", "2", "--no-progress"]
+            "--max-tokens", "24", "--retries", "0", "--rows-per-unit", "2", "--sample", "0", "--no-progress"]
     ref = subprocess.run(PIPE + args + ["--out", str(tmp_path / "ref")], capture_output=True, text=True, env=env,
                          timeout=900)
     assert ref.returncode == 0, ref.stderr[-2000:]
@@ -354,7 +380,7 @@ def test_sigkill_mid_run_then_resume(tmp_path, env):
     key = lambda r: r["question_id"]  # noqa: E731
     assert sorted(a.read_all().to_pylist(), key=key) == sorted(b.read_all().to_pylist(), key=key)
     assert sorted(a.read_all(rejected=True).to_pylist(), key=key) == sorted(b.read_all(rejected=True).to_pylist(), key=key)
-    assert b.manifest()["totals"]["balanced"] and b.manifest()["totals"]["rows_in"] == 8
+    assert b.manifest()["totals"]["balanced"] and b.manifest()["totals"]["rows_in"] == 16
 
 
 # ------------------------------------------------------------------------------------- end to end, vLLM

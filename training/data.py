@@ -91,11 +91,15 @@ class PackedShards(MappedShards):
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(path)
-        first = self._table(0)
+        # units with no rows (a mixture unit that kept none) leave empty files: look past them
+        k = next((k for k in range(len(self.files)) if self._table(k).num_rows), None)
+        if k is None:
+            raise InputError("no packed rows (every data file is empty)", path=str(self.path))
+        first = self._table(k)
         missing = [c for c in COLUMNS if c not in first.column_names]
         if missing:
-            raise InputError(f"missing columns {missing} (is this pipe pack output?)", path=str(self.files[0]))
-        self.seq_len = len(first.column("input_ids")[0])
+            raise InputError(f"missing columns {missing} (is this pipe pack output?)", path=str(self.files[k]))
+        self.seq_len = int(self.header.get("config", {}).get("seq_len") or len(first.column("input_ids")[0]))
 
     def row(self, i: int) -> dict[str, np.ndarray]:
         k, j = self.locate(i)

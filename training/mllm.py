@@ -248,22 +248,23 @@ class MLLMTask:
 
     def sample(self, i: int) -> tuple[np.ndarray, np.ndarray, Any]:
         """input_ids (image token expanded to the patch count), labels, image (or None) of row ``i``."""
-        from lrpipe.chat import normalize_conversation
+        from lrpipe.chat import conversation_of
         from lrpipe.pipelines.pack import tokenize_conversations
 
         rec = self.data.record(i)
         where = f"{self.data.path} (row {i})"
         img_value = rec.get(self.cfg.image_field)
-        conv_field = next((f for f in CONVERSATION_FIELDS if rec.get(f) is not None), None)
-        if conv_field:
-            msgs = normalize_conversation(rec[conv_field], path=str(self.data.path), row=i, field=conv_field)
-        elif rec.get("caption") is not None:
+        # a conversation column, an instruction/response or question/answer pair (PixMo-AMA), or a caption
+        msgs = conversation_of(rec, qa=True, path=str(self.data.path), index=i)
+        conv_field = "conversation"
+        if msgs is None and rec.get("caption") is not None:
+            conv_field = "caption"
             lang = rec.get("language") or "en"
             prompt = self.prompts.get(lang) or self.prompts["en"]
             msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": str(rec["caption"])}]
-        else:
-            raise InputError(f"no conversation ({', '.join(CONVERSATION_FIELDS)}) or caption",
-                             path=str(self.data.path), row=i)
+        elif msgs is None:
+            raise InputError(f"no conversation ({', '.join(CONVERSATION_FIELDS)}), instruction/response or "
+                             "question/answer pair, or caption", path=str(self.data.path), row=i)
         if img_value is not None and not any(IMAGE_TOKEN in m["content"] for m in msgs):
             first = next(k for k, m in enumerate(msgs) if m["role"] == "user")
             msgs[first] = dict(msgs[first], content=f"{IMAGE_TOKEN}\n{msgs[first]['content']}")

@@ -131,6 +131,12 @@ class Engine(abc.ABC):
     def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
         """Sum of log-probabilities of each continuation (for evaluation and multiple choice)."""
 
+    @property
+    def context_length(self) -> int | None:
+        """Tokens the model accepts (prompt + output), when the engine knows it; stages size each
+        request's ``max_tokens`` so prompt and output fit."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """What went into the manifest's provenance."""
         return {"engine": self.name, "model": self.model}

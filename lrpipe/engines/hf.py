@@ -61,6 +61,10 @@ class TransformersEngine(Engine):
                 "device": self.device, "batch_size": self.batch_size}
 
     # ------------------------------------------------------------------ generation
+    @property
+    def context_length(self) -> int | None:
+        return int(self.max_model_len)
+
     def generate(self, requests: Iterable[GenRequest]) -> Iterator[GenResult]:
         batch: list[GenRequest] = []
         group: Any = _NO_GROUP

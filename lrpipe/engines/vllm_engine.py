@@ -97,6 +97,10 @@ class VLLMEngine(Engine):
             log.debug("engine shutdown failed", exc_info=True)
         self.llm = None
 
+    @property
+    def context_length(self) -> int | None:
+        return int(self.llm.llm_engine.model_config.max_model_len) if self.llm is not None else None
+
     def describe(self) -> dict[str, Any]:
         d = {"engine": self.name, "model": self.model}
         d.update({k: v for k, v in self.args.items() if k != "model"})

@@ -1,0 +1,119 @@
+"""Stand-ins at the engine boundary, for tests that chain real stages.
+
+:class:`TranslatorServer` is an OpenAI-compatible completions server on loopback that "translates" the
+item at the end of each prompt (the JSON a ``pipe translate`` prompt ends with, in completion or chat
+mode) by prefixing every text with a marker. Everything before the HTTP boundary is the real code:
+recipe, prompt building, the openai engine, JSON checks, retries, writing, accounting. The marker makes
+a translated text unmistakable downstream (mix, pack), and it keeps numbers, code and URLs as they
+were, so the recipe's checks pass (except language detection, which a marker cannot pass).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+MARK = "⟪eu⟫ "
+
+
+def translate_item(item: Any) -> Any:
+    """The fake translation of a ``pipe translate`` item: every text gets :data:`MARK` in front."""
+    if isinstance(item, list):
+        return [{"role": m["role"], "content": MARK + m["content"]} for m in item]
+    out = {"question": MARK + item["question"]}
+    if "answer" in item:
+        out["answer"] = MARK + item["answer"]
+    if "answers" in item:
+        out["answers"] = [MARK + a for a in item["answers"]]
+    return out
+
+
+def last_json(text: str) -> Any:
+    """The last JSON value that starts a line of ``text`` (the item a translation prompt ends with)."""
+    dec = json.JSONDecoder()
+    starts = [i for i, c in enumerate(text) if c in "[{" and (i == 0 or text[i - 1] == "\n")]
+    for i in reversed(starts):
+        try:
+            return dec.raw_decode(text[i:])[0]
+        except json.JSONDecodeError:
+            continue
+    raise ValueError("no JSON item in the prompt")
+
+
+class TranslatorServer:
+    """``with TranslatorServer(tokenizer) as srv:`` … ``--engine openai --base-url srv.url``."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.requests = 0
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.requests += 1
+                prompt = body["prompt"]
+                text = prompt if isinstance(prompt, str) else server.tokenizer.decode(prompt)
+                try:
+                    out = json.dumps(translate_item(last_json(text)), ensure_ascii=False)
+                    reply = {"id": "cmpl-test", "object": "text_completion",
+                             "choices": [{"index": 0, "text": out, "finish_reason": "stop"}],
+                             "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(out) // 4}}
+                    code = 200
+                except ValueError as e:
+                    reply, code = {"error": {"message": str(e)}}, 400
+                data = json.dumps(reply).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> TranslatorServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class MarkerEngine:
+    """The same scripted translator in-process, behind the engine interface (for unit-level tests)."""
+
+    name = "marker"
+    supports_images = False
+    context_length = 8192
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.calls = 0
+
+    def generate(self, requests: Any) -> Any:
+        from lrpipe.engines.base import GenResult
+
+        for q in requests:
+            if q is None:  # WAIT
+                continue
+            self.calls += 1
+            text = q.prompt if isinstance(q.prompt, str) else self.tokenizer.decode(q.prompt)
+            out = json.dumps(translate_item(last_json(text)), ensure_ascii=False)
+            yield GenResult(key=q.key, text=out, finish_reason="stop", prompt_tokens=len(q.prompt),
+                            output_tokens=len(out) // 4)
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name}
+
+    def close(self) -> None:
+        pass
