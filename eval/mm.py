@@ -104,6 +104,9 @@ def _image(value: Any, where: str) -> Any:
 def instances(task: MMTask, data: Path, lang: str, source_lang: str = "en", limit: int | None = None) -> list[dict]:
     """The task's instances in one language: id, image, question, answers / options + gold."""
     table, where = _table(data, task.name)
+    from lrpipe.pipelines.images import URL_COLUMNS, require_images
+
+    require_images(table.column_names, task.image, where)
     rows = table.to_pylist()[:limit] if limit else table.to_pylist()
     out = []
     for i, r in enumerate(rows):
@@ -113,6 +116,10 @@ def instances(task: MMTask, data: Path, lang: str, source_lang: str = "en", limi
                              path=where, row=i, field=task.question)
         inst: dict[str, Any] = {"id": str(r.get(task.id) if r.get(task.id) is not None else i),
                                 "image": r.get(task.image), "question": q, "where": f"{where} row {i}"}
+        if inst["image"] is None:
+            url = next((r[c] for c in URL_COLUMNS if r.get(c)), None)
+            raise InputError("no image" + (f" (only the URL {url}: fetch the images with pipe images)" if url else ""),
+                             path=where, row=i, field=task.image)
         if task.kind == "vqa":
             ans = _col(r, task.answers or "answers", lang, source_lang) or []
             inst["answers"] = [a["answer"] if isinstance(a, dict) else str(a) for a in ans]

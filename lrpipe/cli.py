@@ -382,6 +382,50 @@ def mt_cmd(
     typer.echo(f"{rep.out}: {rep.rows_out} translated, {rep.rows_rejected} rejected")
 
 
+# ------------------------------------------------------------------------------------------ images
+@app.command("images")
+def images_cmd(
+    input: str = typer.Option(..., "--input", help="Shard directory, local file(s) or hf://id with image URLs."),
+    out: Path = typer.Option(..., help="Output shard directory: the rows with an 'image' column."),
+    url_field: str | None = typer.Option(None, help="Column of URLs (default: image_url, url or img_url)."),
+    sha256_field: str | None = typer.Option(None, help="Column of expected SHA-256 (default: image_sha256 "
+                                            "when present)."),
+    field: str = typer.Option("image", help="Column to write ({bytes, path}, as datasets' Image)."),
+    cache: Path | None = typer.Option(None, help="Download cache (default: $LRPIPE_CACHE/images)."),
+    concurrency: int = typer.Option(32, help="Downloads in flight per process."),
+    timeout: float = typer.Option(20.0, help="Seconds per request."),
+    retries: int = typer.Option(3, help="Retries of timeouts, connection errors, HTTP 429/5xx."),
+    max_bytes: int = typer.Option(50 * 1024 * 1024, help="Larger responses are rejected."),
+    ignore_opt_out: bool = typer.Option(False, help="Use images whose server says X-Robots-Tag: noai."),
+    split: str = typer.Option("train", help="Split of an hf:// input."),
+    rows_per_unit: int = typer.Option(1000),
+    rank: int | None = typer.Option(None),
+    world_size: int | None = typer.Option(None),
+    overwrite: bool = typer.Option(False),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress"),
+) -> None:
+    """Download the images a dataset references by URL (CC3M, PixMo) into an 'image' column; dead,
+    slow, opted-out or corrupt images are rejected rows with their reason."""
+    from lrpipe.pipelines.images import ImageFetcher, ImagesStage, url_column
+    from lrpipe.runner import run_stage
+    from lrpipe.sources import open_source
+
+    try:
+        source = open_source(input, split=split, rows_per_unit=rows_per_unit)
+        cols = source.columns()
+        url = url_column(cols, url_field)
+        if url is None:
+            raise PipeError(f"{input}: no URL column ({url_field or 'image_url, url, img_url'}); the input has {cols}")
+        sha = sha256_field or ("image_sha256" if "image_sha256" in cols else None)
+        fetcher = ImageFetcher(cache, timeout=timeout, retries=retries, max_bytes=max_bytes,
+                               respect_opt_out=not ignore_opt_out)
+        stage = ImagesStage(source, fetcher, url_field=url, sha256_field=sha, out_field=field, concurrency=concurrency)
+        rep = run_stage(stage, out, rank=rank, world_size=world_size, overwrite=overwrite, progress=progress)
+    except PipeError as e:
+        _fail(e)
+    typer.echo(f"{rep.out}: {rep.rows_out} rows with images, {rep.rows_rejected} rejected   (inspect: pipe show {rep.out})")
+
+
 # ------------------------------------------------------------------------------------------ pack
 @app.command("pack")
 def pack_cmd(
@@ -918,10 +962,23 @@ def train_mllm(
     _run_training("mllm", recipe, stage, ov)
 
 
+def _bytes(size: str) -> int:
+    """``5GB``, ``500MB``, ``1000000`` → bytes (decimal units, as save_pretrained)."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?B?)\s*", size.upper())
+    if m is None:
+        raise PipeError(f"--max-shard-size {size!r}: use a size such as 5GB or 500MB")
+    unit = {"": 1, "B": 1, "KB": 1e3, "K": 1e3, "MB": 1e6, "M": 1e6, "GB": 1e9, "G": 1e9, "TB": 1e12, "T": 1e12}
+    return int(float(m.group(1)) * unit[m.group(2)])
+
+
 @train_app.command("export")
 def train_export(
     run: Path = typer.Argument(..., help="Run folder (its latest checkpoint) or one checkpoint folder."),
     out: Path = typer.Option(..., help="Output HF folder."),
+    max_shard_size: str = typer.Option("5GB", help="Largest safetensors file (text models are streamed shard "
+                                       "by shard: about this much memory is needed, not the model's size)."),
 ) -> None:
     """Consolidate a sharded checkpoint into a Hugging Face folder (one process, CPU)."""
     from lrpipe.training.checkpoint import resolve_checkpoint
@@ -938,7 +995,7 @@ def train_export(
         else:
             from lrpipe.training.text import export_causal_lm, pack_tokenizer
 
-            path = export_causal_lm(cfg, ck, out, pack_tokenizer(cfg.data))
+            path = export_causal_lm(cfg, ck, out, pack_tokenizer(cfg.data), max_shard_bytes=_bytes(max_shard_size))
     except PipeError as e:
         _fail(e)
     except FileNotFoundError as e:

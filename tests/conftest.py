@@ -93,3 +93,16 @@ def tiny_marian(tmp_path_factory):
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def magpie_run(tmp_path_factory, vllm_engine):
+    """A real `pipe run magpie` output on the embedded model (the session's vLLM engine): 24
+    instructions over the five categories, answered and filtered. Later stages of the chain (translate,
+    pack, train) start from it, as a user's next command would."""
+    from lrpipe.pipelines.magpie import MagpieConfig, ResponseConfig, run_magpie
+
+    out = tmp_path_factory.mktemp("magpie")
+    cfg = MagpieConfig(model="embedded", n=24, max_tokens=64, chunk_size=8, response=ResponseConfig(max_tokens=384))
+    run_magpie(cfg, out, vllm_engine, model_id="embedded", progress=False)
+    return out

@@ -70,19 +70,15 @@ def packed_documents(path: Path) -> list[tuple[str, list[int]]]:
 
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_magpie_translate_mix_pack_trains_on_the_translation(tmp_path, vllm_engine, env, model_path, tokenizer):
-    from lrpipe.pipelines.magpie import MagpieConfig, ResponseConfig, run_magpie
+def test_magpie_translate_mix_pack_trains_on_the_translation(tmp_path, magpie_run, env, model_path, tokenizer):
     from lrpipe.pipelines.pack import tokenize_conversation
 
-    # 1. pipe run magpie on the embedded model (the session's vLLM engine: one engine start per session)
-    cfg = MagpieConfig(model="embedded", n=24, max_tokens=64, chunk_size=8,
-                       response=ResponseConfig(max_tokens=384))
-    run_magpie(cfg, tmp_path / "magpie", vllm_engine, model_id="embedded", progress=False)
-    filtered = tmp_path / "magpie" / "filtered"
+    # 1. pipe run magpie on the embedded model (the session's fixture: vLLM on CPU)
+    filtered = magpie_run / "filtered"
     en_rows = rows_by_id(filtered)
     assert len(en_rows) >= 3, "the embedded model kept too few rows to test the chain"
     for step in ("sample", "respond", "filtered"):
-        show(tmp_path / "magpie" / step, env)
+        show(magpie_run / step, env)
 
     # 2. pipe translate magpie, through the openai engine to the scripted translator
     with TranslatorServer(tokenizer) as srv:

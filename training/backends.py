@@ -5,9 +5,10 @@ accelerate, as the multimodal study trained). The loop sees one small surface: `
 **FSDP2** (:mod:`.parallel`): meta-device build, rank 0's weights broadcast into the shards, a plain
 ``torch.optim.AdamW`` over the sharded parameters, DCP checkpoints.
 
-**DeepSpeed ZeRO-3**: the model is built on every rank's CPU and partitioned by ``accelerate.prepare``
-(simple and exact; it needs one full copy of the weights per rank in host memory, fine for 8B-class
-models — use FSDP2, which never holds a full copy, for 70B). The DeepSpeed config is
+**DeepSpeed ZeRO-3**: the model is built and loaded under ``deepspeed.zero.Init`` (accelerate's
+plugin tells transformers), so every rank holds only its partition, in fp32 whatever the checkpoint's
+dtype; only the multimodal model (assembled and its connector folded as it is built) and random inits
+are built whole on CPU first and partitioned by ``accelerate.prepare``. The DeepSpeed config is
 ``training/configs/deepspeed-zero3.json`` (or ``deepspeed_config``), with its ``auto`` values filled in
 from the run (micro batch, accumulation, clipping, bf16). DeepSpeed divides each micro batch's loss by
 the accumulation steps; the loop's loss is already normalized over the global batch, so it is scaled
@@ -18,6 +19,8 @@ back. Checkpoints are DeepSpeed's own sharded ones (``engine.save_checkpoint``),
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +38,11 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, env: Env) -> torch.
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            # a ZeRO-3 partitioned parameter is flat here: its real shape is ds_shape
+            ndim = len(getattr(p, "ds_shape", p.shape))
+            (decay if ndim >= 2 else no_decay).append(p)
+    groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay},
+                          {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=env.device.type == "cuda")
 
 
@@ -92,6 +98,23 @@ def deepspeed_config(cfg: TrainConfig, accum: int, bf16: bool) -> dict[str, Any]
     return ds
 
 
+@contextmanager
+def _zero3_init(plugin: Any, enable: bool) -> Iterator[None]:
+    """Models built inside are partitioned as they are built (``enable``), or built whole: transformers
+    decides by the DeepSpeed config it holds, which accelerate installs with the plugin, so it is taken
+    away for the build and put back after."""
+    if enable:
+        yield
+        return
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
+
+
 class DeepSpeedZeRO3:
     name = "deepspeed"
 
@@ -101,15 +124,23 @@ class DeepSpeedZeRO3:
 
         self.cfg, self.env, self.accum = cfg, env, accum
         torch.manual_seed(cfg.seed)
-        model = task.build(False)  # before the plugin exists: a plain CPU model that prepare() partitions
+        plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(cfg, accum, bf16))
+        self.acc = Accelerator(deepspeed_plugin=plugin, mixed_precision="bf16" if bf16 else "no",
+                               gradient_accumulation_steps=accum)
+        # With the plugin in place, transformers builds and loads under ``deepspeed.zero.Init``: each rank
+        # holds only its partition (fp32 masters, cast from the checkpoint's dtype as it is read), never a
+        # full copy. The multimodal model is rebuilt as it is loaded (stage 1 from a vision encoder and an
+        # LLM; its projector folded into one linear map), which partitions cannot take piece by piece, and
+        # a random init must draw the same numbers as on FSDP2 (zero.Init draws them partition by
+        # partition): both are built whole on CPU first.
+        whole = task.name == "mllm" or cfg.init == "random"
+        with _zero3_init(plugin, enable=not whole):
+            model = task.build(False)
         task.prepare(model)
         optim = make_optimizer(model, cfg, env)
         # Our scheduler steps the wrapped optimizer's parameter groups; DeepSpeed is not given one, so
         # nothing steps it twice.
         self.sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda)
-        plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(cfg, accum, bf16))
-        self.acc = Accelerator(deepspeed_plugin=plugin, mixed_precision="bf16" if bf16 else "no",
-                               gradient_accumulation_steps=accum)
         self.model, self.optim = self.acc.prepare(model, optim)
         self.engine = self.model
 

@@ -7,8 +7,11 @@ under a ``.tmp`` name, marked ``.complete`` and renamed once every rank has fini
 the previous checkpoint or the new one, never half of one; ``latest`` names the newest.
 
 SIGTERM (Slurm preemption, ``scancel``) and SIGUSR1 (``#SBATCH --signal=USR1@120`` before the time
-limit) only raise a flag; the loop checks it on every rank after each step (one all-reduce), saves and
-exits, so the ranks never disagree on where they stopped.
+limit) only raise a flag, and so does a ``STOP`` file in the run folder; the loop checks them on every
+rank after each step (one all-reduce), saves and exits, so the ranks never disagree on where they
+stopped. A rank whose launcher dies gets SIGTERM from the kernel (:func:`die_with_launcher`), so even a
+launcher killed outright leaves a checkpoint and no orphan. README "Preemption" says which launcher
+flags let the signal through.
 
 Export loads a checkpoint on CPU in one process (DCP reads any sharding into a plain model) and writes
 ``save_pretrained`` safetensors, the tokenizer with its chat template, and the generation config.
@@ -16,10 +19,12 @@ Export loads a checkpoint on CPU in one process (DCP reads any sharding into a p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +35,9 @@ import torch.distributed.checkpoint as dcp
 
 from lrpipe.errors import InputError
 
-_STOP = {"signal": None}
+_STOP: dict[str, Any] = {"signal": None}
 COMPLETE = ".complete"
+STOP_FILE = "STOP"
 
 
 def install_signal_handlers() -> None:
@@ -42,8 +48,36 @@ def install_signal_handlers() -> None:
         signal.signal(s, handler)
 
 
-def stop_requested() -> int | None:
-    return _STOP["signal"]
+def die_with_launcher(sig: int = signal.SIGTERM) -> None:
+    """Under a launcher (torchrun, accelerate launch), have the kernel send ``sig`` to this rank when
+    the launcher dies. A launcher killed outright (``kill -USR1`` on a torchrun that does not handle it
+    dies at once) then leaves no rank training as an orphan: each rank gets SIGTERM, checkpoints at the
+    step in progress with the others and exits. Linux only; elsewhere a no-op."""
+    if sys.platform != "linux" or "LOCAL_RANK" not in os.environ or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, int(sig), 0, 0, 0)
+    if os.getppid() == 1:  # the launcher died before we asked
+        os.kill(os.getpid(), sig)
+
+
+def stop_requested(run: Path | None = None) -> str | None:
+    """Why this rank should checkpoint and stop now: a signal it received, or a ``STOP`` file in the
+    run folder (what the Slurm script writes when the job is about to end: it reaches every rank on every
+    node through the shared filesystem, whatever the launcher did with the signal)."""
+    if _STOP["signal"] is not None:
+        return signal.Signals(_STOP["signal"]).name
+    if run is not None and (Path(run) / STOP_FILE).exists():
+        return STOP_FILE
+    return None
+
+
+def clear_stop_file(run: Path) -> None:
+    """Rank 0, once the request is served (or at the start: a new run obeys no old request)."""
+    with contextlib.suppress(FileNotFoundError):
+        (Path(run) / STOP_FILE).unlink()
 
 
 def rng_state() -> dict[str, Any]:

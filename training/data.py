@@ -57,6 +57,10 @@ class MappedShards:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    def columns(self) -> list[str]:
+        """Every column any data file has (units can differ: a mixture's text-only units lack images)."""
+        return list(dict.fromkeys(c for k in range(len(self.files)) for c in self._table(k).column_names))
+
     def _table(self, k: int) -> pa.Table:
         """File ``k`` memory-mapped: its buffers point into the page cache (zero copy), so the ranks of a
         node share one copy of the data and a rank's memory does not grow with the dataset."""

@@ -88,6 +88,8 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def train(cfg: TrainConfig, task: Task) -> dict[str, Any]:
+    ckpt.die_with_launcher()
+    ckpt.install_signal_handlers()  # from the start: a signal during loading stops after the first step
     env = init_distributed()
     run = Path(cfg.out)
     bf16 = use_bf16(cfg, env)
@@ -125,7 +127,8 @@ def train(cfg: TrainConfig, task: Task) -> dict[str, Any]:
     elif env.is_main:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2) + "\n")
-    ckpt.install_signal_handlers()
+    if env.is_main:
+        ckpt.clear_stop_file(run)  # a STOP left from an earlier run is not a request to this one
     log = RunLog(run, env.rank, resume=start > 0)
     peak = peak_tflops(cfg.peak_tflops)
     if env.is_main:
@@ -162,7 +165,7 @@ def train(cfg: TrainConfig, task: Task) -> dict[str, Any]:
         flops, tokens = task.step_flops(batches, n_dense)
         # one collective for the step's figures and the stop flag (any rank signalled: all stop here)
         loss_total, flops, tokens, stops = all_sum(float(loss_sum), flops, tokens,
-                                                   ckpt.stop_requested() is not None, env=env)
+                                                   ckpt.stop_requested(run) is not None, env=env)
         mean_loss, tokens, stop = loss_total / env.world, int(tokens), stops > 0
         rec = {"step": step + 1, "loss": mean_loss, "grad_norm": grad_norm, "lr": lr,
                "loss_tokens": int(n_items), "tokens": tokens, "tokens_per_s_per_gpu": tokens / dt / env.world,
@@ -180,7 +183,9 @@ def train(cfg: TrainConfig, task: Task) -> dict[str, Any]:
         if stop or (step + 1) % cfg.save_every == 0 or step + 1 == total:
             backend.save(run, step + 1)
         if stop:
-            stopped = ckpt.stop_requested() or "peer"
+            stopped = ckpt.stop_requested(run) or "peer"
+            if env.is_main:
+                ckpt.clear_stop_file(run)
             break
     if bar is not None:
         bar.close()

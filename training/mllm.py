@@ -39,6 +39,7 @@ import torch
 import yaml
 
 from lrpipe.errors import InputError
+from lrpipe.pipelines.images import URL_COLUMNS
 from lrpipe.training.config import TrainConfig
 from lrpipe.training.data import IGNORE, MappedShards
 from lrpipe.training.metrics import attention_flops_per_token
@@ -165,6 +166,9 @@ class MLLMTask:
         self.prompts = caption_prompts()
         if with_data:
             self.data = MappedShards(cfg.data)
+            from lrpipe.pipelines.images import require_images
+
+            require_images(self.data.columns(), cfg.image_field, cfg.data)
             self.n_rows, self.seq_len = len(self.data), cfg.max_length
             self.truncated = 0
 
@@ -178,7 +182,9 @@ class MLLMTask:
             llava.model.multi_modal_projector = folded
         return LlavaTrainModel(llava, self.image_size)
 
-    def build(self, meta: bool) -> torch.nn.Module:
+    def build(self, meta: bool, keep_dtype: bool = False) -> torch.nn.Module:
+        """The model on the meta device, or with its weights in fp32 (``keep_dtype``: a LLaVA folder's
+        own dtype, for FSDP2's rank-0 copy that is cast tensor by tensor into the fp32 shards)."""
         from transformers import AutoModelForCausalLM, LlavaForConditionalGeneration
 
         if meta:
@@ -189,7 +195,8 @@ class MLLMTask:
                     llava.model.multi_modal_projector = LinearConnector(vc.hidden_size, tc.hidden_size)
             return LlavaTrainModel(llava, self.image_size)
         if not self.cfg.vision:
-            return self._wrap(LlavaForConditionalGeneration.from_pretrained(self.cfg.model, dtype=torch.float32))
+            return self._wrap(LlavaForConditionalGeneration.from_pretrained(
+                self.cfg.model, dtype="auto" if keep_dtype else torch.float32))
         # from parts: the LLaVA skeleton without initializing what is loaded next
         from transformers import AutoModel
         from transformers.initialization import no_init_weights
@@ -254,6 +261,10 @@ class MLLMTask:
         rec = self.data.record(i)
         where = f"{self.data.path} (row {i})"
         img_value = rec.get(self.cfg.image_field)
+        if img_value is None and any(rec.get(c) for c in URL_COLUMNS):
+            raise InputError("the row references an image by URL but carries none (was its download rejected? "
+                             "train on the output of pipe images)", path=str(self.data.path), row=i,
+                             field=self.cfg.image_field)
         # a conversation column, an instruction/response or question/answer pair (PixMo-AMA), or a caption
         msgs = conversation_of(rec, qa=True, path=str(self.data.path), index=i)
         conv_field = "conversation"

@@ -9,10 +9,12 @@ node and replicated across nodes, so the all-gathers stay on NVLink (the study's
 transformer block is its own FSDP unit, then the root; parameters keep fp32 master copies and compute
 in bf16 with fp32 gradient reduction.
 
-**Loading without N copies.** Only rank 0 reads the pretrained weights (on CPU); the other ranks build
-the model on the meta device. After sharding, every rank allocates only its shards and the weights are
-broadcast from rank 0 into them (``set_model_state_dict(..., broadcast_from_rank0=True)``). Buffers that
-are not in the state dict (rotary frequencies) are broadcast too.
+**Loading without N copies, masters in fp32.** Every rank builds the model on the meta device, shards
+it and allocates only its fp32 shards. Rank 0 alone reads the pretrained weights, on CPU and in the
+checkpoint's own dtype (bf16 for every released model); they are cast to fp32 and broadcast one tensor
+at a time, each rank keeping its slice (:func:`load_from_rank0`), so the masters are fp32 on every
+rank whatever the checkpoint's dtype, and no rank holds a second full copy. Buffers that are not in
+the state dict (rotary frequencies) are broadcast the same way.
 """
 
 from __future__ import annotations
@@ -109,29 +111,53 @@ def shard_model(model: torch.nn.Module, blocks: list[torch.nn.Module], mesh: Any
     fully_shard(model, mesh=mesh, mp_policy=mp)
 
 
-def materialize(build: Callable[[bool], torch.nn.Module], prepare: Callable[[torch.nn.Module], list[torch.nn.Module]],
+def materialize(build: Callable[..., torch.nn.Module], prepare: Callable[[torch.nn.Module], list[torch.nn.Module]],
                 env: Env, mesh: Any, bf16: bool) -> torch.nn.Module:
-    """Build (rank 0 real, others meta), prepare (freeze, checkpointing; returns the blocks), shard,
-    allocate shards on the device and broadcast rank 0's weights and buffers into them."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    """Build on the meta device on every rank, prepare (freeze, checkpointing; returns the blocks), shard,
+    allocate the shards (fp32 masters), then fill them from rank 0's copy of the weights.
 
-    model = build(not env.is_main)
-    full_sd = model.state_dict() if env.is_main else {}
-    buffers = {n: b.detach().clone() for n, b in model.named_buffers()} if env.is_main else {}
+    Rank 0 reads the weights in the checkpoint's own dtype (bf16 for released models: half the host
+    memory of fp32) and :func:`load_from_rank0` casts them to the masters' dtype one tensor at a time,
+    so no rank ever holds a second full copy and every rank's masters are fp32 whatever the checkpoint."""
+    model = build(True)
     blocks = prepare(model)
     shard_model(model, blocks, mesh, bf16)
-    if env.is_main:
-        model.to(env.device)
-    else:
-        model.to_empty(device=env.device)
-    set_model_state_dict(model, full_sd, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-    for name, buf in model.named_buffers():
-        if env.is_main:
-            buf.data.copy_(buffers[name].to(env.device))
-        if env.world > 1:
-            dist.broadcast(buf.data, src=0)
-    del full_sd, buffers
+    model.to_empty(device=env.device)
+    source = build(False, keep_dtype=True) if env.is_main else None
+    load_from_rank0(model, source, env)
+    del source
     return model
+
+
+def load_from_rank0(model: torch.nn.Module, source: torch.nn.Module | None, env: Env) -> None:
+    """Copy ``source``'s weights (rank 0 only; any dtype, CPU) into the sharded ``model`` on every rank:
+    per tensor, rank 0 casts it to the shard's dtype on the device, it is broadcast, and each rank keeps
+    its slice. Non-persistent buffers (rotary frequencies) follow the same way."""
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    src = dict(source.state_dict(keep_vars=True)) if source is not None else {}
+    if source is not None:
+        src.update({n: b for n, b in source.named_buffers() if n not in src})
+    targets = dict(model.state_dict(keep_vars=True))
+    targets.update({n: b for n, b in model.named_buffers() if n not in targets})
+    for name, local in targets.items():
+        if env.is_main:
+            if name not in src:
+                raise KeyError(f"{name}: not in the loaded weights")
+            full = src[name].detach().to(device=env.device, dtype=local.dtype)
+        else:
+            full = torch.empty(local.shape, dtype=local.dtype, device=env.device)
+        if env.world > 1:
+            dist.broadcast(full, src=0)
+        with torch.no_grad():
+            if isinstance(local, DTensor):
+                shape, offset = compute_local_shape_and_global_offset(full.shape, local.device_mesh,
+                                                                      local.placements)
+                local.to_local().copy_(full[tuple(slice(o, o + n) for n, o in zip(shape, offset))])
+            else:
+                local.data.copy_(full)
+        del full
 
 
 def all_sum(*xs: float | int, env: Env) -> list[float]:

@@ -92,7 +92,10 @@ class TextTask:
         self.tokenizer = (self.data.header.get("config") or {}).get("tokenizer")
 
     # ---- model
-    def build(self, meta: bool) -> torch.nn.Module:
+    def build(self, meta: bool, keep_dtype: bool = False) -> torch.nn.Module:
+        """The model: on the meta device (``meta``), or with its weights — in fp32 (the masters), or
+        with ``keep_dtype`` in the checkpoint's own dtype, for a copy that is only read from (FSDP2's
+        rank 0 casts it tensor by tensor into the fp32 shards)."""
         from transformers import AutoModelForCausalLM
 
         if meta:
@@ -102,7 +105,8 @@ class TextTask:
         if self.cfg.init == "random" or Path(self.cfg.model).suffix == ".json":
             torch.manual_seed(self.cfg.seed)
             return AutoModelForCausalLM.from_config(self.config, attn_implementation=self.attn, dtype=torch.float32)
-        return AutoModelForCausalLM.from_pretrained(self.cfg.model, attn_implementation=self.attn, dtype="auto")
+        return AutoModelForCausalLM.from_pretrained(self.cfg.model, attn_implementation=self.attn,
+                                                    dtype="auto" if keep_dtype else torch.float32)
 
     def prepare(self, model: torch.nn.Module) -> list[torch.nn.Module]:
         if self.cfg.gradient_checkpointing:
@@ -144,22 +148,21 @@ class TextTask:
         return export_causal_lm(self.cfg, checkpoint, out, self.tokenizer)
 
 
-def export_causal_lm(cfg: TrainConfig, checkpoint: Path, out: Path, tokenizer: str | None) -> Path:
-    """Checkpoint → HF folder (safetensors in the training dtype, tokenizer, chat template, generation config)."""
+def export_causal_lm(cfg: TrainConfig, checkpoint: Path, out: Path, tokenizer: str | None,
+                     max_shard_bytes: int | None = None) -> Path:
+    """Checkpoint → HF folder (safetensors in the training dtype, tokenizer, chat template, generation
+    config), streamed shard by shard (:mod:`lrpipe.training.export`): the exporting process never holds
+    more than about one output shard of weights."""
     from transformers import AutoModelForCausalLM
 
-    from lrpipe.training.checkpoint import load_model_weights
+    from lrpipe.training.export import DEFAULT_SHARD_BYTES, export_streaming
 
     config = model_config(cfg.model)
     config.use_cache = True
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.to_empty(device="cpu")
-    load_model_weights(checkpoint, model)
-    if cfg.dtype == "bf16" or (cfg.dtype == "auto" and torch.cuda.is_available()):
-        model.to(torch.bfloat16)
-        model.config.dtype = torch.bfloat16
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    dtype = torch.bfloat16 if cfg.dtype == "bf16" or (cfg.dtype == "auto" and torch.cuda.is_available()) \
+        else torch.float32
+    export_streaming(model, checkpoint, out, dtype, max_shard_bytes or DEFAULT_SHARD_BYTES)
     save_tokenizer_and_generation(cfg.model, tokenizer, out, config)
     return out
