@@ -10,7 +10,13 @@ embedded model (SmolLM2-135M-Instruct, transformers, float32 on CPU / bf16 on GP
 
 It checks that both give the same log-likelihoods (max abs difference printed) and the same accuracy.
 
+``--llava``: the same on a LLaVA-shaped model, what the multimodal benchmarks score: a CLIP-shaped
+vision tower at 336 px / patch 14 (576 image tokens per question, as the study's CLIP ViT-L/14-336 gives;
+the tower itself is 2 layers wide 64, so the figure is about the LLM side) in front of the embedded
+model's LLM, each question with its own image; the shared context is then mostly image tokens.
+
     .venv/bin/python bench/eval_mc.py [--questions 2000] [--max-tokens 4096]
+    .venv/bin/python bench/eval_mc.py --llava [--questions 100]
 
 Last line: ``RESULT eval-mc ratio=<ours/per-option questions per s> target=3 ...``.
 """
@@ -44,13 +50,53 @@ def make_items(tok, n: int, seed: int) -> list:
     return items
 
 
+def llava_model_and_items(path: str, n: int, seed: int, device: str, dtype) -> tuple:
+    """A LLaVA around the embedded LLM (weights loaded) with a small 336/14 vision tower, and ``n``
+    four-option questions whose context holds 576 image tokens and whose pixel values differ."""
+    import torch
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
+
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    image_id = tok.convert_tokens_to_ids("<image>")
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    lm.resize_token_embeddings(len(tok))
+    vc = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                          image_size=336, patch_size=14, projection_dim=64)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(LlavaConfig(vision_config=vc, text_config=lm.config, image_token_index=image_id,
+                                                      vision_feature_layer=-2, vision_feature_select_strategy="default"))
+    model.model.language_model.load_state_dict(lm.model.state_dict())
+    model.lm_head.load_state_dict(lm.lm_head.state_dict())
+    model = model.to(device=device, dtype=dtype).eval()
+    items = make_items(tok, n, seed)
+    n_patches = (336 // 14) ** 2
+    gen = torch.Generator().manual_seed(seed)
+    for it in items:
+        head = tok.apply_chat_template([{"role": "user", "content": "<image>\n"}], tokenize=True,
+                                       add_generation_prompt=False, return_dict=True)["input_ids"]
+        k = head.index(image_id)
+        it.context = head[:k] + [image_id] * n_patches + head[k + 1:] + it.context
+        it.pixel_values = torch.randn(1, 3, 336, 336, generator=gen).to(device=device, dtype=dtype)
+    return model, tok, items
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--questions", type=int, default=2000)
     ap.add_argument("--max-tokens", type=int, default=4096, help="padded tokens per batched forward pass")
     ap.add_argument("--model", default=None, help="HF id or folder (default: the embedded model)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--llava", action="store_true", help="a LLaVA-shaped model with an image per question")
     args = ap.parse_args()
+    if args.llava and args.questions == 2000:
+        args.questions = 100
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -59,11 +105,14 @@ def main() -> None:
     from lrpipe.models import resolve_model
 
     path = resolve_model(args.model)
-    tok = AutoTokenizer.from_pretrained(path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    items = make_items(tok, args.questions, args.seed)
+    if args.llava:
+        model, tok, items = llava_model_and_items(path, args.questions, args.seed, device, dtype)
+    else:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        items = make_items(tok, args.questions, args.seed)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     score_batched(model, items[:8], max_tokens=args.max_tokens, pad_id=pad)  # warm-up both paths
     score_per_option(model, items[:2])
@@ -85,8 +134,9 @@ def main() -> None:
           f"acc_norm {acc_b['acc_norm']:.3f}")
     print(f"batched     {t_ours:8.1f} s  {len(items) / t_ours:8.1f} questions/s  acc {acc_o['acc']:.3f} "
           f"acc_norm {acc_o['acc_norm']:.3f}   max |Δ log-likelihood| {diff:.2e}")
-    print(f"RESULT eval-mc ratio={t_base / t_ours:.2f} target=3 questions={len(items)} max_abs_diff={diff:.1e} "
-          f"device={device}")
+    name = "eval-mc-llava" if args.llava else "eval-mc"
+    print(f"RESULT {name} ratio={t_base / t_ours:.2f} target=3 questions={len(items)} max_abs_diff={diff:.1e} "
+          f"device={device}" + (" image_tokens=576" if args.llava else ""))
 
 
 if __name__ == "__main__":

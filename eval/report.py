@@ -19,7 +19,27 @@ def _load(run: Path) -> tuple[str, dict[str, Any]]:
             if kind is None:
                 kind = "text" if "averages" in data else "mm"
             return kind, data
-    raise InputError("not a pipe eval/arena run folder (no results.json or ratings.json)", path=str(run))
+    if any(run.rglob("results_*.json")):  # lm-eval's own layout (lm_eval --output_path, published runs)
+        from lrpipe.eval.text import summary_from_lm_eval
+
+        return "text", summary_from_lm_eval(run)
+    raise InputError("not a pipe eval/arena run folder (no results.json, ratings.json or lm-eval "
+                     "results_*.json)", path=str(run))
+
+
+def _average(v: Any) -> float | None:
+    """A language average: a number (older runs) or ``{"score", "tasks", "of"}``."""
+    return v.get("score") if isinstance(v, dict) else v
+
+
+def _cell(v: Any) -> str:
+    """A language average for the table; an average over part of the tasks says so."""
+    score = _average(v)
+    if score is None:
+        return "-"
+    if isinstance(v, dict) and v.get("tasks") is not None and v.get("tasks") != v.get("of"):
+        return f"{100 * score:.2f} ({v['tasks']}/{v['of']} tasks)"
+    return f"{100 * score:.2f}"
 
 
 def gather(runs: list[str | Path]) -> dict[str, Any]:
@@ -50,8 +70,8 @@ def markdown(g: dict[str, Any]) -> str:
         langs = sorted({lang for r in g["text"] for lang in r["averages"]})
         out += ["## Text benchmarks (average per language)", "", "| model | " + " | ".join(langs) + " |",
                 "|---|" + "---:|" * len(langs)]
-        out += [f"| {r['model']} | " + " | ".join(f"{100 * r['averages'][x]:.2f}" if x in r["averages"] else "-"
-                                                  for x in langs) + " |" for r in g["text"]]
+        out += [f"| {r['model']} | " + " | ".join(_cell(r["averages"].get(x)) for x in langs) + " |"
+                for r in g["text"]]
         out.append("")
     if g["mm"]:
         cols = sorted({k for r in g["mm"] for k in r["scores"]})
@@ -84,7 +104,8 @@ def figure(g: dict[str, Any], path: Path) -> Path | None:
     w = 0.8 / max(len(g["text"]), 1)
     fig, ax = plt.subplots(figsize=(max(5, 1.5 * len(langs) + 2), 4))
     for i, r in enumerate(g["text"]):
-        ax.bar(x + i * w, [100 * r["averages"].get(lang, float("nan")) for lang in langs], w, label=r["model"])
+        ax.bar(x + i * w, [100 * (_average(r["averages"].get(lang)) or float("nan")) for lang in langs], w,
+               label=r["model"])
     ax.set_xticks(x + w * (len(g["text"]) - 1) / 2, langs)
     ax.set_ylabel("average score")
     ax.legend(fontsize=8)

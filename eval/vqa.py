@@ -1,13 +1,14 @@
 """VQA accuracy exactly as the official VQA evaluator computes it, and the multimodal study's
 inclusion variant (SPEC §9; worked examples in ``eval/README.md``).
 
-**Official accuracy** (the GT-Vision-Lab ``vqaEval.py`` rules, reproduced with their quirks because
-published numbers depend on them):
+**Official accuracy**: the rules of GT-Vision-Lab's ``vqaEval.py`` at its latest revision (commit
+``a013f00``, "Fixed processing answers bug", 2021-03-11), reproduced with their quirks because published
+numbers depend on them:
 
-* the model's answer: newlines and tabs become spaces, ends stripped, then *punctuation* and
-  *digit/article* processing (below);
-* the ten human answers are compared **as given** when they all agree, and after *punctuation*
-  processing only (no lower-casing, no number words, no articles) when they disagree;
+* the model's answer and the ten human answers: newlines and tabs become spaces, ends stripped;
+* when the ten human answers all agree they are compared with the model's answer **as they are**
+  (``Yes.`` does not match ``yes``); when they disagree, the human answers *and* the model's answer get
+  *punctuation* and then *digit/article* processing (below), so ``2`` matches ``two``;
 * per question: for each human answer, ``min(1, matches among the other nine / 3)``; the question
   scores the mean over the ten (leave-one-out), so 3 or more matching humans give 1.0 and 2 give 0.6.
 
@@ -99,11 +100,16 @@ def _leave_one_out(matches: Sequence[bool]) -> float:
 
 def vqa_accuracy(answer: str, gt_answers: Sequence[str]) -> float:
     """The official per-question VQA accuracy in [0, 1] (the evaluator reports 100× this)."""
-    res = normalize_answer(answer)
-    gts = list(gt_answers)
-    if len(set(gts)) > 1:
-        gts = [process_punctuation(g) for g in gts]
+    res = _clean(answer)
+    gts = [_clean(g) for g in gt_answers]
+    if len(set(gts)) > 1:  # the humans disagree: both sides get the full normalization
+        gts = [process_digit_article(process_punctuation(g)) for g in gts]
+        res = process_digit_article(process_punctuation(res))
     return _leave_one_out([g == res for g in gts])
+
+
+def _clean(text: str) -> str:
+    return text.replace("\n", " ").replace("\t", " ").strip()
 
 
 def _contains_words(hay: list[str], needle: list[str]) -> bool:

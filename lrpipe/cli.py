@@ -667,7 +667,9 @@ def eval_mm(
     tasks: str = typer.Option("vqav2,a-okvqa,pixmo-capqa", help="Comma-separated tasks (eval/tasks/mm/*.yaml "
                               "or .yaml paths)."),
     langs: str = typer.Option("en,eu", help="Languages scored on the same instances (source first)."),
-    data: Path = typer.Option(..., help="Folder with <task>/translated (pipe translate --sample output)."),
+    data: str = typer.Option(..., help="Folder with <task>/translated (pipe translate --sample output) or "
+                             "<task>/<lang>.parquet copies of released sets; or the word released (each task's "
+                             "released: sets from the Hub)."),
     out: Path = typer.Option(..., help="Run folder: results.json, results.md, per-instance records."),
     limit: int | None = typer.Option(None, help="First N instances per task (smoke tests)."),
     batch_size: int = typer.Option(8, help="Generation batch size (transformers backend)."),
@@ -700,9 +702,17 @@ def eval_text(
     local_data: Path | None = typer.Option(None, help="Folder with <task>.jsonl copies of our own tasks' data."),
     no_bias: bool = typer.Option(False, "--no-bias", help="Skip BBQ/BasqBBQ."),
     batch_size: str = typer.Option("auto"),
+    log_samples: bool = typer.Option(False, "--log-samples", help="Also write lm-eval's samples_*.jsonl."),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Score the tasks that can be scored; "
+                                       "mark the others missing (averages say over how many)."),
+    wandb_args: str | None = typer.Option(None, help="Log to W&B through lm-eval's WandbLogger, e.g. "
+                                          "'project=latxa,mode=offline'."),
+    hub_results_org: str | None = typer.Option(None, help="Push lm-eval's results (and samples with "
+                                               "--log-samples) to this Hub organization's details repo."),
     show: bool = typer.Option(False, "--list", help="Print the task plan and exit."),
 ) -> None:
-    """The study's text benchmarks through lm-eval: 5-shot, chat template, few-shot as multi-turn."""
+    """The study's text benchmarks through lm-eval: 5-shot, chat template, few-shot as multi-turn; lm-eval's
+    own results files in --out, and a summary in which every task has a score or says why not."""
     from lrpipe.eval.text import results_markdown, run_text_suite, task_plan
 
     lang_list = [x.strip() for x in langs.split(",") if x.strip()]
@@ -714,10 +724,13 @@ def eval_text(
             return
         from lrpipe.models import resolve_model
 
+        hub = ({"hub_results_org": hub_results_org, "push_results_to_hub": True,
+                "push_samples_to_hub": log_samples} if hub_results_org else None)
         res = run_text_suite(resolve_model(model), out, suite=suite, langs=lang_list, tasks=only, limit=limit,
                              backend=backend, local_data=local_data, bias=not no_bias,
                              batch_size=int(batch_size) if batch_size.isdigit() else batch_size,
-                             model_args=model_args)
+                             model_args=model_args, log_samples=log_samples, allow_missing=allow_missing,
+                             wandb_args=wandb_args, hub_log_args=hub)
     except PipeError as e:
         _fail(e)
     typer.echo(results_markdown(res))

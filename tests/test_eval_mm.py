@@ -125,7 +125,7 @@ def test_eval_mm_end_to_end_on_a_tiny_llava(tiny_llava, data, tmp_path):
 
 class ImageEngine:
     """Stands in for vLLM (whose LLaVA support needs torchvision, absent from the CPU install): takes
-    image requests and answers 'red' to the English prompt, 'gorria' to the Basque one."""
+    image requests and answers "red" to the English prompt, "gorria" to the Basque one."""
 
     name = "fake-vllm"
     supports_images = True
@@ -138,7 +138,7 @@ class ImageEngine:
 
         for r in requests:
             self.requests.append(r)
-            text = "gorria" if "Zer kolore" in r.prompt else "Red."
+            text = "gorria" if "Zer kolore" in r.prompt else "red"
             yield GenResult(key=r.key, text=text, finish_reason="stop", prompt_tokens=1, output_tokens=1)
 
     def close(self):
@@ -175,3 +175,67 @@ def test_text_only_engines_refuse_images():
     req2 = GenRequest(key=2, prompt=[1, 2, 3], sampling=Sampling(), images=["A", "B"])
     assert VLLMEngine._prompt(req2) == {"prompt_token_ids": [1, 2, 3], "multi_modal_data": {"image": ["A", "B"]}}
     assert VLLMEngine._prompt(GenRequest(key=3, prompt="x", sampling=Sampling())) == {"prompt": "x"}
+
+
+def test_released_sets_with_text_encoded_values_and_their_errors(tmp_path):
+    """Rows shaped like the released A-OK-VQA-eu card: `choices` and `correct_choice_idx` stored as
+    text. One table per language (a local copy, or the task's `released` sets through --data released)."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    img = lambda i: {"bytes": _png(i), "path": None}  # noqa: E731
+    en = [{"question_id": f"q{i}", "image": img(i), "question": "What is it?",
+           "choices": ["cat", "dog", "car", "sun"], "correct_choice_idx": i % 4} for i in range(4)]
+    eu = [{"question_id": f"q{i}", "image": img(i), "question": "Zer da?",
+           "choices": "['katua', 'txakurra', 'autoa', 'eguzkia']" if i % 2 else '["katua", "txakurra", "autoa", "eguzkia"]',
+           "correct_choice_idx": str(i % 4)} for i in range(4)]
+    (tmp_path / "a-okvqa").mkdir()
+    pq.write_table(pa.Table.from_pylist(en), tmp_path / "a-okvqa" / "en.parquet")
+    pq.write_table(pa.Table.from_pylist(eu), tmp_path / "a-okvqa" / "eu.parquet")
+    t = mm.load_task("a-okvqa")
+    got = mm.aligned_instances(t, tmp_path, ["en", "eu"])
+    assert [x["options"] for x in got["eu"]][1] == ["katua", "txakurra", "autoa", "eguzkia"]
+    assert [x["gold"] for x in got["eu"]] == [x["gold"] for x in got["en"]] == [0, 1, 2, 3]
+    # through --data released: the task's own released entries (a Hub folder here), columns renamed
+    hub = tmp_path / "hub"
+    for lang, rows in (("en", en), ("eu", eu)):
+        (hub / lang / "data").mkdir(parents=True)
+        renamed = [{("options" if k == "choices" else k): v for k, v in r.items()} for r in rows]
+        pq.write_table(pa.Table.from_pylist(renamed), hub / lang / "data" / "test-00000-of-00001.parquet")
+    spec = yaml.safe_load((mm.TASKS / "a-okvqa.yaml").read_text())
+    spec["released"] = {lang: {"dataset": f"hf://{hub / lang}", "split": "test", "columns": {"choices": "options"}}
+                        for lang in ("en", "eu")}
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(spec))
+    rel = mm.aligned_instances(mm.load_task(str(tmp_path / "task.yaml")), "released", ["en", "eu"])
+    assert [x["gold"] for x in rel["eu"]] == [0, 1, 2, 3] and rel["eu"][0]["options"][0] == "katua"
+    # a value that cannot be parsed is an error naming the file, row and field (never single characters)
+    eu[2]["choices"] = "katua, txakurra"
+    pq.write_table(pa.Table.from_pylist(eu), tmp_path / "a-okvqa" / "eu.parquet")
+    with pytest.raises(mm.InputError, match=r"eu.parquet, row 2, field 'choices': expected a list"):
+        mm.instances(t, tmp_path, "eu")
+    eu[2]["choices"], eu[3]["correct_choice_idx"] = '["a", "b", "c", "d"]', "third"
+    pq.write_table(pa.Table.from_pylist(eu), tmp_path / "a-okvqa" / "eu.parquet")
+    with pytest.raises(mm.InputError, match=r"row 3, field 'correct_choice_idx': expected an option index"):
+        mm.instances(t, tmp_path, "eu")
+    # different instances in the two languages are refused
+    pq.write_table(pa.Table.from_pylist(en[:3]), tmp_path / "a-okvqa" / "en.parquet")
+    eu[3]["correct_choice_idx"] = "3"
+    pq.write_table(pa.Table.from_pylist(eu), tmp_path / "a-okvqa" / "eu.parquet")
+    with pytest.raises(mm.InputError, match="instances differ"):
+        mm.aligned_instances(t, tmp_path, ["en", "eu"])
+
+
+def test_pixmo_capqa_gold_is_the_leading_yes_no_in_either_language(tmp_path):
+    """Real PixMo-CapQA answers are sentences; the gold is their first word, decided once per instance,
+    so both languages keep the same instances even where a translation dropped the yes/no."""
+    img = lambda i: {"bytes": _png(i), "path": None}  # noqa: E731
+    answers = [("Yes, the dog is brown.", "Bai, txakurra marroia da."), ("No. There is no cat.", "Ez. Ez dago katurik."),
+               ("yes", "bai"), ("The sky is blue.", "Zerua urdina da."),
+               ("Yes — two of them.", "Bi daude."), ("NO!", "Ez!")]
+    _write(tmp_path / "pixmo-capqa" / "translated", [
+        {"id": f"p{i}", "image": img(i), "question": "Q?", "answer": a, "question_eu": "G?", "answer_eu": b}
+        for i, (a, b) in enumerate(answers)])
+    got = mm.aligned_instances(mm.load_task("pixmo-capqa"), tmp_path, ["en", "eu"])
+    assert [x["gold"] for x in got["en"]] == [x["gold"] for x in got["eu"]] == [0, 1, 0, None, 0, 1]
+    assert [x["id"] for x in got["en"]] == [x["id"] for x in got["eu"]]
+    assert got["eu"][0]["options"] == ["bai", "ez"]
