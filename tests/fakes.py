@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -43,32 +44,40 @@ def last_json(text: str) -> Any:
 
 
 class TranslatorServer:
-    """``with TranslatorServer(tokenizer) as srv:`` … ``--engine openai --base-url srv.url``."""
+    """``with TranslatorServer(tokenizer) as srv:`` … ``--engine openai --base-url srv.url``.
 
-    def __init__(self, tokenizer: Any) -> None:
+    Also a small OpenAI-compatible server for the engine's own tests: ``api_key`` makes it answer 401
+    to requests without that Bearer token; ``delay`` holds each request so concurrency is observable
+    (``max_inflight``); ``owned_by`` is what ``GET /models`` reports (None: no such endpoint);
+    ``chat_reply(body)`` answers ``/chat/completions`` (default: the translated item of the last
+    message). Every request body is kept in ``bodies``.
+    """
+
+    def __init__(self, tokenizer: Any, *, api_key: str | None = None, delay: float = 0.0,
+                 owned_by: str | None = None, chat_reply: Any = None) -> None:
         self.tokenizer = tokenizer
-        self.requests = 0
+        self.requests = self.inflight = self.max_inflight = 0
+        self.bodies: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         server = self
+
+        def reply_text(path: str, body: dict[str, Any]) -> str:
+            if path.endswith("/chat/completions"):
+                if chat_reply is not None:
+                    return chat_reply(body)
+                content = body["messages"][-1]["content"]
+                text = content if isinstance(content, str) else "\n".join(
+                    c["text"] for c in content if c.get("type") == "text")
+            else:
+                prompt = body["prompt"]
+                text = prompt if isinstance(prompt, str) else server.tokenizer.decode(prompt)
+            return json.dumps(translate_item(last_json(text)), ensure_ascii=False)
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.requests += 1
-                prompt = body["prompt"]
-                text = prompt if isinstance(prompt, str) else server.tokenizer.decode(prompt)
-                try:
-                    out = json.dumps(translate_item(last_json(text)), ensure_ascii=False)
-                    reply = {"id": "cmpl-test", "object": "text_completion",
-                             "choices": [{"index": 0, "text": out, "finish_reason": "stop"}],
-                             "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(out) // 4}}
-                    code = 200
-                except ValueError as e:
-                    reply, code = {"error": {"message": str(e)}}, 400
+            def _send(self, code: int, reply: dict[str, Any]) -> None:
                 data = json.dumps(reply).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
@@ -76,7 +85,49 @@ class TranslatorServer:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _authorized(self) -> bool:
+                if api_key is None or self.headers.get("Authorization") == f"Bearer {api_key}":
+                    return True
+                self._send(401, {"error": {"message": "invalid api key"}})
+                return False
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                if not self._authorized():
+                    return
+                if self.path.endswith("/models") and owned_by is not None:
+                    self._send(200, {"object": "list", "data": [{"id": "m", "object": "model", "owned_by": owned_by}]})
+                else:
+                    self._send(404, {"error": {"message": "not found"}})
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if not self._authorized():
+                    return
+                with server.lock:
+                    server.requests += 1
+                    server.inflight += 1
+                    server.max_inflight = max(server.max_inflight, server.inflight)
+                    server.bodies.append(body)
+                try:
+                    if delay:
+                        time.sleep(delay)
+                    out = reply_text(self.path, body)
+                    if self.path.endswith("/chat/completions"):
+                        choice = {"index": 0, "message": {"role": "assistant", "content": out},
+                                  "finish_reason": "stop"}
+                    else:
+                        choice = {"index": 0, "text": out, "finish_reason": "stop"}
+                    self._send(200, {"id": "cmpl-test", "choices": [choice],
+                                     "usage": {"prompt_tokens": len(body.get("prompt") or "x" * 10),
+                                               "completion_tokens": len(out) // 4}})
+                except ValueError as e:
+                    self._send(400, {"error": {"message": str(e)}})
+                finally:
+                    with server.lock:
+                        server.inflight -= 1
+
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

@@ -108,6 +108,8 @@ def test_env_rank_resolution(monkeypatch):
     assert resolve_rank(None, None) == (3, 4)
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
+    assert resolve_rank(None, None) == (3 * 2 + 1, 8)  # torchrun inside array task 3: ranks compose
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
     assert resolve_rank(None, None) == (1, 2)
     assert resolve_rank(0, 5) == (0, 5)
     with pytest.raises(ValueError):

@@ -320,3 +320,73 @@ def test_neftune_noise_only_in_training_and_of_the_right_scale():
         noisy = emb(ids)
     bound = 5.0 / (20 * 32) ** 0.5
     assert 0 < (noisy - clean).abs().max() <= bound + 1e-6
+
+
+def _wandb_history(run_file: Path) -> list[dict]:
+    """The history records of a W&B transaction log (``run-<id>.wandb``: LevelDB-style 32 KiB blocks
+    of checksummed chunks, each record a protobuf ``Record``), read without the W&B service."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, block, pos, buf, out = run_file.read_bytes(), 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _crc, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if n == 0 and kind == 0:  # block padding
+            pos += left
+            continue
+        buf, pos = buf + data[pos + 7:pos + 7 + n], pos + 7 + n
+        if kind in (1, 4):  # a full record, or the last chunk of one
+            rec = pb.Record()
+            rec.ParseFromString(buf)
+            buf = b""
+            if rec.WhichOneof("record_type") == "history":
+                out.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
+    return out
+
+
+@pytest.mark.slow
+def test_report_to_wandb_and_tensorboard_across_a_restart(fixture_dir, full_run):
+    """--report-to wandb,tensorboard on a node without network: W&B offline, one run id across a
+    crash and the resume, every step's loss in both trackers; progress lines in a non-terminal log."""
+    pytest.importorskip("wandb")
+    pytest.importorskip("tensorboard")
+    root, model, data = fixture_dir
+    run = root / "tracked"
+    env = {k: v for k, v in _env().items() if not k.startswith("WANDB_")}
+    env.update(PIPE_PROGRESS="1", PIPE_LOG_EVERY="0")
+    res = torchrun(run, data, model, "--report-to", "wandb,tensorboard", env={**env, "PIPE_TRAIN_KILL_AT_STEP": "6"},
+                   check=False)
+    assert res.returncode != 0
+    res = torchrun(run, data, model, "--report-to", "wandb,tensorboard", "--run-name", "tiny", env=env)
+    assert "W&B runs offline" in res.stdout and "wandb sync" in res.stdout
+    # a batch job's log (stderr is a pipe here): one line per step at PIPE_LOG_EVERY=0, the last one done
+    lines = [x for x in res.stderr.splitlines() if "train text: step" in x]
+    assert [x.split("step ")[1].split("/")[0] for x in lines] == [str(s) for s in range(5, 13)], lines
+    assert "step 12/12 (100.0%), loss " in lines[-1] and "tok/s/gpu" in lines[-1] and "ETA 0:00:00" in lines[-1]
+
+    want = curve(run)
+    assert sorted(want) == list(range(1, 13))
+    # W&B: the same run id continued by the resumed job; together its segments hold every step
+    run_id = (run / "wandb_id").read_text().strip()
+    segments = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(segments) == 2 and all(s.name.endswith(run_id) for s in segments)
+    got = {}
+    for s in segments:
+        for h in _wandb_history(s / f"run-{run_id}.wandb"):
+            if "train/loss" in h:
+                got[h["_step"]] = h["train/loss"]
+    assert sorted(got) == list(range(1, 13)) and max(abs(got[s] - want[s]) for s in want) < 1e-6
+    # TensorBoard: the same curve (the resumed job's value where a step was logged twice)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = {}
+    for f in sorted((run / "tensorboard").glob("events.*"), key=lambda p: p.stat().st_mtime):
+        acc = EventAccumulator(str(f))
+        acc.Reload()
+        tb.update({e.step: e.value for e in acc.Scalars("train/loss")})
+    assert sorted(tb) == list(range(1, 13)) and max(abs(tb[s] - want[s]) for s in want) < 1e-5

@@ -57,6 +57,10 @@ class TrainConfig(BaseModel):
     export: bool = True
     # logging
     log_every: int = 1
+    report_to: list[Literal["tensorboard", "wandb"]] | None = Field(
+        None, description="trackers beside log.jsonl (default: TensorBoard when it is installed; [] for none)")
+    wandb_project: str = "pipe"
+    run_name: str | None = Field(None, description="tracker run name (default: the run folder's name)")
     peak_tflops: float | None = Field(None, description="accelerator bf16 dense peak, to override the table")
     # multimodal (pipe train mllm)
     stage: int | None = None

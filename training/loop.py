@@ -20,6 +20,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -129,7 +130,8 @@ def train(cfg: TrainConfig, task: Task) -> dict[str, Any]:
         (run / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2) + "\n")
     if env.is_main:
         ckpt.clear_stop_file(run)  # a STOP left from an earlier run is not a request to this one
-    log = RunLog(run, env.rank, resume=start > 0)
+    log = RunLog(run, env.rank, resume=start > 0, report_to=cfg.report_to, config=cfg.model_dump(),
+                 project=cfg.wandb_project, name=cfg.run_name, start=start)
     peak = peak_tflops(cfg.peak_tflops)
     if env.is_main:
         log.write({"event": "start" if start == 0 else "resume", "step": start, "total_steps": total,
@@ -137,11 +139,14 @@ def train(cfg: TrainConfig, task: Task) -> dict[str, Any]:
                    "tokens_per_step": layout.rows_per_step * task.seq_len if task.name == "text" else None,
                    "params_dense": n_dense,
                    "bf16": bf16, "device": str(env.device), "parallel": cfg.parallel})
-    bar = None
+    bar, lines = None, None
     if env.is_main and os.environ.get("PIPE_PROGRESS", "1") != "0":
-        from tqdm import tqdm
+        if sys.stderr.isatty():
+            from tqdm import tqdm
 
-        bar = tqdm(total=total, initial=start, desc=f"train {task.name}", unit="step", dynamic_ncols=True)
+            bar = tqdm(total=total, initial=start, desc=f"train {task.name}", unit="step", dynamic_ncols=True)
+        else:  # a batch job's log: one line every PIPE_LOG_EVERY seconds (and the first step)
+            lines = _StepLines(f"train {task.name}", start, total)
 
     # ---- the loop
     model.train()
@@ -178,6 +183,8 @@ def train(cfg: TrainConfig, task: Task) -> dict[str, Any]:
             bar.update(1)
             bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{rec['tokens_per_s_per_gpu']:.0f}",
                             **({"mfu": f"{rec['mfu']:.1%}"} if "mfu" in rec else {}))
+        if lines is not None:
+            lines.update(step + 1, rec)
         if step + 1 == kill_at and env.is_main:
             os.kill(os.getpid(), 9)
         if stop or (step + 1) % cfg.save_every == 0 or step + 1 == total:
@@ -201,3 +208,29 @@ def train(cfg: TrainConfig, task: Task) -> dict[str, Any]:
     if not stopped and cfg.export and env.is_main:
         result["export"] = str(task.export(ckpt.latest_checkpoint(run), run / "final"))
     return result
+
+
+class _StepLines:
+    """Training progress for a log file: step, loss, throughput, MFU, ETA, at most every
+    ``PIPE_LOG_EVERY`` seconds (60), so a two-day job's log shows where it is."""
+
+    def __init__(self, desc: str, start: int, total: int) -> None:
+        self.desc, self.start, self.total = desc, start, total
+        self.t0 = time.time()
+        self.last = 0.0
+        self.every = float(os.environ.get("PIPE_LOG_EVERY", "60"))
+
+    def update(self, step: int, rec: dict[str, Any]) -> None:
+        now = time.time()
+        if now - self.last < self.every and step != self.total:
+            return
+        self.last = now
+        rate = (step - self.start) / max(now - self.t0, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else 0.0
+        parts = [f"step {step:,}/{self.total:,} ({step / self.total:.1%})", f"loss {rec['loss']:.4f}",
+                 f"{rec['tokens_per_s_per_gpu']:,.0f} tok/s/gpu"]
+        if "mfu" in rec:
+            parts.append(f"mfu {rec['mfu']:.1%}")
+        parts.append(f"ETA {int(eta) // 3600}:{int(eta) % 3600 // 60:02d}:{int(eta) % 60:02d}")
+        print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {self.desc}: " + ", ".join(parts), file=sys.stderr,
+              flush=True)

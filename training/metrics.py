@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lrpipe.errors import InputError
+
 #: Dense bf16 peak TFLOP/s per accelerator (vendor datasheets, without sparsity).
 PEAK_TFLOPS: dict[str, float] = {
     "H200": 989.0,
@@ -71,20 +73,53 @@ def attention_flops_per_token(n_layers: int, hidden: int, seq_lens: list[list[in
 
 
 class RunLog:
-    """A JSONL log on rank 0, mirrored to TensorBoard when it is installed."""
+    """The run's log on rank 0: ``log.jsonl`` always (the record every tool here reads), mirrored to the
+    trackers of ``report_to``: TensorBoard (``RUN/tensorboard``) and Weights & Biases.
 
-    def __init__(self, out: Path, rank: int, resume: bool) -> None:
-        self.rank, self.tb = rank, None
+    W&B keeps one run across restarts: its id is stored in ``RUN/wandb_id`` and a resumed job (a Slurm
+    requeue) continues that run. Without ``WANDB_API_KEY``/``WANDB_MODE`` (a compute node with no
+    network) W&B runs offline into ``RUN/wandb/``; ``wandb sync RUN/wandb/offline-run-*`` uploads it
+    later. ``report_to=None`` keeps the old default: TensorBoard when it is installed.
+    """
+
+    def __init__(self, out: Path, rank: int, resume: bool, *, report_to: list[str] | None = None,
+                 config: dict[str, Any] | None = None, project: str = "pipe", name: str | None = None,
+                 start: int = 0) -> None:
+        self.rank, self.tb, self.wandb = rank, None, None
         self.fh = None
-        if rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            self.fh = open(out / "log.jsonl", "a" if resume else "w")
+        if rank != 0:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        self.fh = open(out / "log.jsonl", "a" if resume else "w")
+        wanted = set(report_to or [])
+        if report_to is None or "tensorboard" in wanted:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(str(out / "tensorboard"))
-            except Exception:
-                self.tb = None
+            except Exception as e:  # not installed: an error only when asked for
+                if report_to is not None:
+                    raise InputError(f"--report-to tensorboard needs the tensorboard package ({e}); "
+                                     "pip install tensorboard") from e
+        if "wandb" in wanted:
+            self.wandb = _wandb_run(out, resume, config or {}, project, name or out.resolve().name)
+            if resume:
+                self._replay(out / "log.jsonl", start)
+
+    def _replay(self, path: Path, upto: int) -> None:
+        """Send W&B the steps up to the checkpoint this restart resumes from, from ``log.jsonl``. A job
+        killed outright loses what W&B's service had not written yet (its log is buffered; ``log.jsonl``
+        is flushed line by line); steps W&B already has are ignored by it."""
+        last: dict[int, dict[str, Any]] = {}
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by the kill
+                continue
+            if "step" in rec and "event" not in rec and rec["step"] <= upto:
+                last[rec["step"]] = rec
+        for step in sorted(last):
+            self._mirror(last[step], tb=False)
 
     def write(self, rec: dict[str, Any]) -> None:
         if self.fh is None:
@@ -92,13 +127,46 @@ class RunLog:
         rec = {"time": round(time.time(), 3), **rec}
         self.fh.write(json.dumps(rec) + "\n")
         self.fh.flush()
-        if self.tb is not None and "step" in rec:
-            for k, v in rec.items():
-                if isinstance(v, (int, float)) and k not in ("step", "time"):
-                    self.tb.add_scalar(f"train/{k}", v, rec["step"])
+        if "step" in rec:
+            self._mirror(rec)
+
+    def _mirror(self, rec: dict[str, Any], tb: bool = True) -> None:
+        scalars = {k: v for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and k not in ("step", "time")}
+        if self.tb is not None and tb:
+            for k, v in scalars.items():
+                self.tb.add_scalar(f"train/{k}", v, rec["step"])
+            self.tb.flush()  # a step takes seconds: the events file is never more than one step behind
+        if self.wandb is not None:
+            if "event" in rec:  # start, resume, preempted, done: a note in the run's summary, not a curve
+                self.wandb.summary[f"event/{rec['event']}"] = rec["step"]
+            else:
+                self.wandb.log({f"train/{k}": v for k, v in scalars.items()}, step=rec["step"])
 
     def close(self) -> None:
         if self.fh is not None:
             self.fh.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _wandb_run(out: Path, resume: bool, config: dict[str, Any], project: str, name: str) -> Any:
+    """Start (or continue, after a restart) the W&B run of this run folder."""
+    import os
+    import secrets
+
+    try:
+        import wandb
+    except ImportError as e:
+        raise InputError("--report-to wandb needs the wandb package: pip install wandb") from e
+    if not (os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY")):
+        os.environ["WANDB_MODE"] = "offline"
+        print(f"pipe train: W&B runs offline (no WANDB_API_KEY); upload later with: wandb sync "
+              f"{out}/wandb/offline-run-*", flush=True)
+    id_file = out / "wandb_id"
+    run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)  # W&B's id form
+    id_file.write_text(run_id + "\n")
+    return wandb.init(project=os.environ.get("WANDB_PROJECT", project), name=name, id=run_id, resume="allow",
+                      dir=str(out), config=config)

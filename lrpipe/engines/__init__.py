@@ -25,8 +25,8 @@ def make_engine(name: str | None, model: str, **options: Any) -> Engine:
     if name == "vllm":
         from lrpipe.engines.vllm_engine import VLLMEngine
 
-        keep = {"tensor_parallel_size", "dtype", "max_model_len", "gpu_memory_utilization", "enforce_eager",
-                "max_num_seqs", "max_inflight", "seed", "enable_prefix_caching", "limit_mm_per_prompt"}
+        keep = {"tensor_parallel_size", "pipeline_parallel_size", "dtype", "max_model_len", "gpu_memory_utilization",
+                "enforce_eager", "max_num_seqs", "max_inflight", "seed", "enable_prefix_caching", "limit_mm_per_prompt"}
         return VLLMEngine(model, **{k: v for k, v in opts.items() if k in keep})
     if name == "transformers":
         from lrpipe.engines.hf import TransformersEngine
@@ -36,6 +36,7 @@ def make_engine(name: str | None, model: str, **options: Any) -> Engine:
     if name == "openai":
         from lrpipe.engines.openai_engine import OpenAIEngine
 
-        keep = {"base_url", "api_key", "max_concurrency", "timeout", "served_model", "tokenizer"}
+        keep = {"base_url", "api_key", "max_concurrency", "timeout", "served_model", "tokenizer", "api",
+                "json_format"}
         return OpenAIEngine(model, **{k: v for k, v in opts.items() if k in keep})
     raise ValueError(f"unknown engine '{name}'; choose one of {', '.join(ENGINES)}")

@@ -49,6 +49,9 @@ class GenRequest:
     # Images (PIL) for a multimodal model; the prompt already holds the model's image placeholder once
     # per image (rendered through the processor's chat template), which the engine expands.
     images: list[Any] | None = None
+    # The conversation the prompt was rendered from, for engines that take messages rather than a
+    # rendered prompt (an OpenAI-compatible chat endpoint); content may hold {"type": "image"} parts.
+    messages: list[dict[str, Any]] | None = None
 
 
 @dataclass

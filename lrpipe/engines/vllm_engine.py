@@ -48,6 +48,8 @@ class VLLMEngine(Engine):
         # vLLM logs every engine detail at INFO; a two-day job's log should show our progress. The
         # user's own VLLM_LOGGING_LEVEL wins.
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        if os.environ.get("PIPE_VERBOSE") == "1":  # `pipe --verbose`: vLLM's throughput and cache stats too
+            kwargs.setdefault("disable_log_stats", False)
         cpu = _on_cpu()
         if cpu:
             # vLLM's CPU backend reserves a core for the frontend by default; on small machines the

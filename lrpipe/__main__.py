@@ -1,0 +1,5 @@
+"""``python -m lrpipe``: the ``pipe`` command (how ``--dp`` starts its replicas)."""
+
+from lrpipe.cli import main
+
+main()
