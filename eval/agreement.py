@@ -1,4 +1,4 @@
-"""Agreement and correlation statistics, and the safety rates (SPEC §9).
+"""Agreement and correlation statistics, and the safety rates (README: "Evaluation").
 
 * Cohen's kappa between two annotators (or a judge and a human) on the items both labelled;
 * Fleiss' kappa and Krippendorff's alpha (nominal) for several annotators, with the average pairwise
@@ -181,3 +181,27 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     from lrpipe.sources import read_table
 
     return read_table(str(path)).to_pylist()
+
+
+def correlate_files(benchmarks: str | Path, arena: str | Path, group: str = "all", *, rounds: int = 1000,
+                    seed: int = 42) -> dict[str, Any]:
+    """``pipe eval correlate``: Spearman's rho (bootstrap interval) between the benchmark averages in
+    ``benchmarks`` (``{model: score}`` or a list of ``{model, score}``) and the scores of one rating
+    group of ``pipe arena``'s ``ratings.json``, over the models both name (at least 3)."""
+    import json
+
+    try:
+        bench = json.loads(Path(benchmarks).read_text())
+        if isinstance(bench, list):
+            bench = {r["model"]: r["score"] for r in bench}
+        ratings = json.loads(Path(arena).read_text())["groups"].get(group)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"cannot read the inputs ({type(e).__name__}: {e})", path=str(benchmarks)) from e
+    if ratings is None:
+        raise InputError(f"no rating group '{group}'", path=str(arena))
+    scores = {r["model"]: r["score"] for r in ratings["ratings"]}
+    shared = sorted(bench.keys() & scores.keys())
+    if len(shared) < 3:
+        raise InputError(f"need >= 3 models in both files, have {shared}", path=str(benchmarks))
+    return {"models": shared, **spearman_ci([bench[m] for m in shared], [scores[m] for m in shared],
+                                             rounds=rounds, seed=seed)}

@@ -1,5 +1,5 @@
 """Arena scoring: Bradley–Terry ratings from pairwise battles, bootstrap intervals, ranks, figures
-(SPEC §9; the instruction study's human evaluation and the multimodal study's WildVision arena).
+(README: "Evaluation"; the instruction study's human evaluation and the multimodal study's WildVision arena).
 
 **Model.** ``P(a beats b) = 1 / (1 + 10^((θ_b − θ_a)))``; θ maximizes the likelihood of the battles
 with a tie counted as half a win for each side (the outcome is 1, ½ or 0 in the log-likelihood,

@@ -1,5 +1,5 @@
 """``pipe judge``: pairwise LLM-as-judge through the engine layer, writing battles for ``pipe arena``
-(SPEC §9; the multimodal study's judge protocol).
+(README: "Evaluation"; the multimodal study's judge protocol).
 
 For every question and every pair of models that both answered it, the judge sees the question and
 the two answers twice — in both orders — and returns a JSON object with one verdict per criterion
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import yaml
 
 from lrpipe.chat import chat_prompt_ids
 from lrpipe.engines.base import Engine, GenRequest, GenResult, Sampling
@@ -34,17 +33,14 @@ from lrpipe.shards import REJECT_DETAIL, REJECT_REASON, UnitSpec
 from lrpipe.sources import read_table
 
 VERDICTS = ("A", "B", "tie")
-LANGUAGE_NAMES = {"eu": "Basque", "en": "English", "es": "Spanish", "fr": "French", "de": "German", "ca": "Catalan",
-                  "gl": "Galician", "it": "Italian", "pt": "Portuguese"}
 
 
 def load_criteria(path: str | Path | None, language: str) -> list[dict[str, str]]:
     p = Path(path) if path else prompt_root() / "judge" / "criteria.yaml"
-    try:
-        items = yaml.safe_load(p.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise InputError(f"cannot read criteria ({e})", path=str(p)) from e
-    if not isinstance(items, list) or not items:
+    from lrpipe.config_files import read_yaml
+
+    items = read_yaml(p, "criteria file", expect=list)
+    if not items:
         raise InputError("criteria: a non-empty list of {name, title, description}", path=str(p))
     out = []
     for i, c in enumerate(items):
@@ -53,6 +49,19 @@ def load_criteria(path: str | Path | None, language: str) -> list[dict[str, str]
         out.append({"name": str(c["name"]), "title": str(c.get("title") or c["name"]),
                     "description": str(c["description"]).replace("{language}", language)})
     return out
+
+
+def read_questions(path: str | Path, fields: list[str]) -> list[dict[str, Any]]:
+    """The questions file as rows; a row without one of ``fields`` (id, question, image) is an error
+    naming the file, row and field, before any engine starts."""
+    from lrpipe.sources import read_table
+
+    qs = read_table(str(path)).to_pylist()
+    for i, q in enumerate(qs):
+        for f in fields:
+            if q.get(f) is None:
+                raise InputError("missing field", path=str(path), row=i, field=f)
+    return qs
 
 
 def read_answers(paths: list[str | Path], id_field: str = "id", answer_field: str = "answer") -> dict[str, dict[str, str]]:
@@ -89,7 +98,7 @@ class JudgeStage(GenerationStage):
         # an OpenAI-compatible chat endpoint (a hosted judge) takes the messages: nothing to render here
         self._chat_api = getattr(engine, "api", None) == "chat"
         if image_field:
-            if not getattr(engine, "supports_images", False):
+            if not engine.supports_images:
                 raise InputError(f"judging with images needs an engine that takes them (vllm), not {engine.name}")
             if self.processor is None and not self._chat_api:
                 from transformers import AutoProcessor
@@ -122,17 +131,17 @@ class JudgeStage(GenerationStage):
         text = load_prompt("judge", self.prompt, question=q[self.qf], answer_a=self.answers[first][str(q[self.idf])],
                            answer_b=self.answers[second][str(q[self.idf])], criteria=self.criteria,
                            language=self.language)
-        from lrpipe.pipelines.magpie import seed_for
+        from lrpipe.seeding import seed_for
 
         s = Sampling(temperature=0.0 if attempt == 0 else 0.7, top_p=1.0, max_tokens=self.max_tokens,
                      seed=seed_for(self.seed, "judge", unit.index, k, order, attempt), json_schema=self.schema)
         if self.image_field:
-            from lrpipe.eval.mm import _image
+            from lrpipe.eval.mm_data import load_image
 
             msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
             prompt = "" if self._chat_api else self.processor.apply_chat_template(msgs, add_generation_prompt=True)
             return GenRequest(key=(k, order, attempt), sampling=s, prompt=prompt, messages=msgs,
-                              images=[_image(q[self.image_field], f"question {q[self.idf]}, field {self.image_field}")])
+                              images=[load_image(q[self.image_field], f"question {q[self.idf]}, field {self.image_field}")])
         msgs = [{"role": "user", "content": text}]
         prompt = [] if self._chat_api else chat_prompt_ids(self.engine.tokenizer, msgs)
         return GenRequest(key=(k, order, attempt), prompt=prompt, sampling=s, messages=msgs)

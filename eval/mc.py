@@ -1,5 +1,5 @@
 """Multiple-choice scoring by log-likelihood (A-OKVQA's four choices, PixMo-CapQA's yes/no, and any
-text task), batched so that a question's shared prefix is computed once (SPEC §9).
+text task), batched so that a question's shared prefix is computed once (README: "Evaluation").
 
 **How.** Per question the context (chat-templated question, with the image tokens for a
 LLaVA-style model) and *all* its options go into one sequence: ``context, option 1, option 2, …``.

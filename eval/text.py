@@ -23,14 +23,16 @@ with ``--allow-missing`` the row is marked missing and each average says over ho
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from lrpipe.errors import InputError
 
@@ -76,17 +78,9 @@ def list_suites() -> list[str]:
 
 
 def load_suite(name_or_path: str) -> Suite:
-    p = Path(name_or_path)
-    path = p if p.suffix in (".yaml", ".yml") and p.exists() else SUITES / f"{name_or_path}.yaml"
-    if not path.exists():
-        raise InputError(f"unknown suite '{name_or_path}' (have {', '.join(list_suites())}; or a .yaml path)")
-    try:
-        return Suite.model_validate(yaml.safe_load(path.read_text()))
-    except (yaml.YAMLError, ValidationError) as e:
-        from lrpipe.errors import validation_message
+    from lrpipe.config_files import load
 
-        raise InputError(validation_message(e, where=str(path)) if isinstance(e, ValidationError) else
-                         f"invalid YAML ({e})", path=None if isinstance(e, ValidationError) else str(path)) from e
+    return load(Suite, name_or_path, SUITES, kind="suite")
 
 
 def task_plan(suite: str | Suite, langs: list[str], bias: bool = True,
@@ -187,13 +181,19 @@ def summarize(res_by_group: list[dict[str, Any]], plan: list[tuple[str, str, int
 
 
 # ------------------------------------------------------------------------------------------ running
-def _include_dir(local_data: str | Path | None) -> Path:
-    """Our task YAMLs, rewritten to local JSONL files where ``local_data`` has them."""
+@contextlib.contextmanager
+def _include_dir(local_data: str | Path | None) -> Iterator[Path]:
+    """Our task YAMLs, rewritten to local JSONL files where ``local_data`` has them (in a temporary
+    folder, removed when the run ends)."""
     if local_data is None:
-        return OWN_TASKS
-    tmp = Path(tempfile.mkdtemp(prefix="lrpipe-lmeval-"))
+        yield OWN_TASKS
+        return
+    with tempfile.TemporaryDirectory(prefix="lrpipe-lmeval-") as name:
+        yield _write_local_tasks(Path(name), Path(local_data))
+
+
+def _write_local_tasks(tmp: Path, local: Path) -> Path:
     shutil.copy(OWN_TASKS / "utils.py", tmp / "utils.py")
-    local = Path(local_data)
     for y in OWN_TASKS.glob("*.yaml"):
         text = y.read_text()
         task = y.stem
@@ -248,11 +248,8 @@ def run_text_suite(model: str, out: str | Path, *, suite: str = "latxa", langs: 
     """Run the suite with lm-eval: lm-eval's own files under ``out``, plus ``results.json``/``.md``."""
     import importlib.util
 
-    from lm_eval import simple_evaluate
     from lm_eval.api.registry import get_model
-    from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
-    from lm_eval.utils import handle_non_serializable
 
     s = load_suite(suite)
     plan = task_plan(s, list(langs), bias, tasks)
@@ -264,17 +261,40 @@ def run_text_suite(model: str, out: str | Path, *, suite: str = "latxa", langs: 
         import torch
 
         args += ",device=" + ("cuda" if torch.cuda.is_available() else "cpu")
-    tm = TaskManager(include_path=str(_include_dir(local_data)))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    names = list(dict.fromkeys(t for t, _, _ in plan))
-    subtasks = tag_members(tm, names)
-    loaded, failed = _load_tasks(names, tm)
-    if failed and not allow_missing:
-        raise InputError("no score possible for " + "; ".join(f"{k}: {v}" for k, v in failed.items())
-                         + " (put the datasets in the Hugging Face cache, or --local-data for our own tasks; "
-                         "--allow-missing to score the rest)")
-    lm = get_model(backend).create_from_arg_string(args, {"batch_size": batch_size})  # once for every group
+    with _include_dir(local_data) as include:
+        tm = TaskManager(include_path=str(include))
+        names = list(dict.fromkeys(t for t, _, _ in plan))
+        subtasks = tag_members(tm, names)
+        loaded, failed = _load_tasks(names, tm)
+        if failed and not allow_missing:
+            raise InputError("no score possible for " + "; ".join(f"{k}: {v}" for k, v in failed.items())
+                             + " (put the datasets in the Hugging Face cache, or --local-data for our own tasks; "
+                             "--allow-missing to score the rest)")
+        lm = get_model(backend).create_from_arg_string(args, {"batch_size": batch_size})  # once for every group
+        groups = _evaluate_groups(lm, args, plan, loaded, tm, out, limit=limit, batch_size=batch_size,
+                                  log_samples=log_samples, wandb_args=wandb_args, hub_log_args=hub_log_args)
+    rows, averages = summarize(groups, plan, s, subtasks, failed)
+    result = {"model": model, "suite": s.name, "backend": backend, "limit": limit, "rows": rows,
+              "averages": averages, "lm_eval_output": str(out)}
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "results.md").write_text(results_markdown(result))
+    missing = [r["task"] for r in rows if r["score"] is None]
+    if missing and not allow_missing:
+        raise InputError(f"no score for {missing} (lm-eval's results lack their metric; see {out}/results.md)")
+    return result
+
+
+def _evaluate_groups(lm: Any, args: str, plan: list[tuple[str, str, int]], loaded: dict[str, list[Any]], tm: Any,
+                     out: Path, *, limit: int | None, batch_size: str | int, log_samples: bool,
+                     wandb_args: str | None, hub_log_args: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One ``simple_evaluate`` per few-shot group on the one model, written by lm-eval's own tracker
+    (``results_*.json``, ``samples_*.jsonl``, the Hub) and its W&B logger; the results, JSON-safe."""
+    from lm_eval import simple_evaluate
+    from lm_eval.loggers import EvaluationTracker
+    from lm_eval.utils import handle_non_serializable
+
     tracker = EvaluationTracker(output_path=str(out), **(hub_log_args or {}))
     wandb = None
     if wandb_args:
@@ -286,10 +306,9 @@ def run_text_suite(model: str, out: str | Path, *, suite: str = "latxa", langs: 
         objs = [o for t in dict.fromkeys(t for t, _, sh in plan if sh == shots) for o in loaded.get(t, [])]
         if not objs:
             continue
-        res = simple_evaluate(model=lm, model_args=args, tasks=objs,
-                              num_fewshot=shots, limit=limit, apply_chat_template=True,
-                              fewshot_as_multiturn=shots > 0, task_manager=tm, batch_size=batch_size,
-                              log_samples=log_samples, evaluation_tracker=tracker)
+        res = simple_evaluate(model=lm, model_args=args, tasks=objs, num_fewshot=shots, limit=limit,
+                              apply_chat_template=True, fewshot_as_multiturn=shots > 0, task_manager=tm,
+                              batch_size=batch_size, log_samples=log_samples, evaluation_tracker=tracker)
         if res is None:  # not the main process of a multi-process lm-eval run
             continue
         samples = res.pop("samples", None)
@@ -307,15 +326,7 @@ def run_text_suite(model: str, out: str | Path, *, suite: str = "latxa", langs: 
         tracker.recreate_metadata_card()
     if wandb is not None:
         wandb.run.finish()
-    rows, averages = summarize(groups, plan, s, subtasks, failed)
-    result = {"model": model, "suite": s.name, "backend": backend, "limit": limit, "rows": rows,
-              "averages": averages, "lm_eval_output": str(out)}
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "results.md").write_text(results_markdown(result))
-    missing = [r["task"] for r in rows if r["score"] is None]
-    if missing and not allow_missing:
-        raise InputError(f"no score for {missing} (lm-eval's results lack their metric; see {out}/results.md)")
-    return result
+    return groups
 
 
 def summary_from_lm_eval(path: str | Path, suite: str = "latxa") -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """VQA accuracy exactly as the official VQA evaluator computes it, and the multimodal study's
-inclusion variant (SPEC §9; worked examples in ``eval/README.md``).
+inclusion variant (README: "Evaluation"; worked examples in ``eval/README.md``).
 
 **Official accuracy**: the rules of GT-Vision-Lab's ``vqaEval.py`` at its latest revision (commit
 ``a013f00``, "Fixed processing answers bug", 2021-03-11), reproduced with their quirks because published

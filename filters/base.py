@@ -18,6 +18,11 @@ Verdict = bool | tuple[bool, str]
 
 class Filter:
     name: ClassVar[str] = "filter"
+    #: the filter must see the whole input before judging a row (exact / near dedup): it has a
+    #: ``prepare`` pass over every unit, across ranks, before the chain runs
+    is_global: ClassVar[bool] = False
+    #: the filter asks a model (quality): the chain gets an engine
+    needs_engine: ClassVar[bool] = False
 
     def __init__(self, field: str = "instruction", **params: Any) -> None:
         self.field = field

@@ -30,8 +30,8 @@ import pyarrow.ipc as ipc
 
 from lrpipe.filters.base import Filter, register
 from lrpipe.filters.text import normalize
-from lrpipe.parallel import fork_map, wait_for_files
-from lrpipe.shards import atomic_ipc_file as _atomic_ipc_file
+from lrpipe.phases import run_phase
+from lrpipe.shards import atomic_ipc_file, write_table
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,6 @@ class GlobalFilter(Filter):
     def prepare(self, workdir: Path, units: list[Any], read_unit: Any, rank: int, world_size: int,
                 workers: int = 1) -> None:
         raise NotImplementedError
-
-    def _wait(self, files: list[Path], what: str) -> None:
-        wait_for_files(files, what, self.wait_timeout, self.poll_seconds)
 
     def _loser_map(self) -> dict[str, str]:
         """id → reject detail, for every row this filter removes (loaded once per process)."""
@@ -112,18 +109,12 @@ class Dedup(GlobalFilter):
         where needed. ``read_unit(unit)`` returns the unit's rows that reach this filter (earlier
         filters applied)."""
         self.workdir = workdir
-        keys_dir, losers_dir = workdir / "keys", workdir / "losers"
-        keys_dir.mkdir(parents=True, exist_ok=True)
-        losers_dir.mkdir(parents=True, exist_ok=True)
-        mine = [u for u in units if u.index % world_size == rank and not (keys_dir / f"{u.part}.arrow").exists()]
-        for _ in fork_map(lambda u: self._write_keys(keys_dir / f"{u.part}.arrow", u, read_unit(u)), mine, workers):
-            pass
-        key_files = [keys_dir / f"{u.part}.arrow" for u in units]
-        self._wait(key_files, "dedup keys")
-        parts = [k for k in range(rank, self.partitions, world_size) if not (losers_dir / f"p{k:04d}.arrow").exists()]
-        for _ in fork_map(lambda k: self._resolve(losers_dir / f"p{k:04d}.arrow", k, key_files), parts, workers):
-            pass
-        self._wait([losers_dir / f"p{k:04d}.arrow" for k in range(self.partitions)], "dedup partitions")
+        opts = {"rank": rank, "world_size": world_size, "workers": workers, "timeout": self.wait_timeout,
+                "poll": self.poll_seconds}
+        key_files = run_phase(workdir / "keys", units, lambda u: f"{u.part}.arrow",
+                              lambda u, f: self._write_keys(f, u, read_unit(u)), what="dedup keys", **opts)
+        run_phase(workdir / "losers", range(self.partitions), lambda k: f"p{k:04d}.arrow",
+                  lambda k, f: self._resolve(f, k, key_files), what="dedup partitions", **opts)
 
     def _write_keys(self, path: Path, unit: Any, table: pa.Table) -> None:
         """Phase 1 for one unit: hashes of the normalized text, one record batch per partition."""
@@ -137,8 +128,8 @@ class Dedup(GlobalFilter):
                          "unit": pa.array(np.full(len(order), unit.index, np.int32))}, schema=KEY_SCHEMA)
         batches = [full.slice(int(bounds[k]), int(bounds[k + 1] - bounds[k])).to_batches(max_chunksize=None)
                    for k in range(self.partitions)]
-        _atomic_ipc_file(path, [b[0] if b else pa.RecordBatch.from_pylist([], KEY_SCHEMA) for b in batches],
-                         KEY_SCHEMA)
+        atomic_ipc_file(path, [b[0] if b else pa.RecordBatch.from_pylist([], KEY_SCHEMA) for b in batches],
+                        KEY_SCHEMA)
 
     def _resolve(self, out: Path, k: int, key_files: list[Path]) -> None:
         """Phase 2 for partition ``k``: the smallest id of each hash wins; write the losers."""
@@ -161,4 +152,4 @@ class Dedup(GlobalFilter):
                            schema=LOSER_SCHEMA)
         else:
             res = LOSER_SCHEMA.empty_table()
-        _atomic_ipc_file(out, res.to_batches() or [pa.RecordBatch.from_pylist([], LOSER_SCHEMA)], LOSER_SCHEMA)
+        write_table(out, res)

@@ -33,9 +33,10 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from lrpipe.filters.base import register
-from lrpipe.filters.dedup import GlobalFilter, _atomic_ipc_file
+from lrpipe.filters.dedup import GlobalFilter
 from lrpipe.filters.text import normalize
-from lrpipe.parallel import fork_map
+from lrpipe.phases import run_phase
+from lrpipe.shards import write_table
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd constant for polynomial combination of hashes
 _EMPTY = np.uint32(0xFFFFFFFF)
@@ -162,22 +163,15 @@ class NearDup(GlobalFilter):
     def prepare(self, workdir: Path, units: list[Any], read_unit: Any, rank: int, world_size: int,
                 workers: int = 1) -> None:
         self.workdir = workdir
-        sig_dir, edge_dir, losers_dir = workdir / "signatures", workdir / "edges", workdir / "losers"
-        for d in (sig_dir, edge_dir, losers_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        mine = [u for u in units if u.index % world_size == rank and not (sig_dir / f"{u.part}.arrow").exists()]
-        for _ in fork_map(lambda u: self._write_signatures(sig_dir / f"{u.part}.arrow", read_unit(u)), mine,
-                          workers):
-            pass
-        sig_files = [sig_dir / f"{u.part}.arrow" for u in units]
-        self._wait(sig_files, "near-dup signature")
-        todo = [k for k in range(rank, self.bands, world_size) if not (edge_dir / f"b{k:03d}.arrow").exists()]
-        for _ in fork_map(lambda k: self._band_edges(edge_dir / f"b{k:03d}.arrow", k, sig_files), todo, workers):
-            pass
-        edge_files = [edge_dir / f"b{k:03d}.arrow" for k in range(self.bands)]
-        self._wait(edge_files, "near-dup band")
-        if not (losers_dir / "clusters.arrow").exists():
-            self._clusters(losers_dir / "clusters.arrow", edge_files)
+        opts = {"rank": rank, "world_size": world_size, "workers": workers, "timeout": self.wait_timeout,
+                "poll": self.poll_seconds}
+        sig_files = run_phase(workdir / "signatures", units, lambda u: f"{u.part}.arrow",
+                              lambda u, f: self._write_signatures(f, read_unit(u)), what="near-dup signature", **opts)
+        edge_files = run_phase(workdir / "edges", range(self.bands), lambda k: f"b{k:03d}.arrow",
+                               lambda k, f: self._band_edges(f, k, sig_files), what="near-dup band", **opts)
+        (workdir / "losers").mkdir(parents=True, exist_ok=True)
+        if not (workdir / "losers" / "clusters.arrow").exists():  # small: every rank computes it
+            self._clusters(workdir / "losers" / "clusters.arrow", edge_files)
 
     def _write_signatures(self, path: Path, table: pa.Table) -> None:
         texts = table.column(self.field).to_pylist() if table.num_rows else []
@@ -187,13 +181,14 @@ class NearDup(GlobalFilter):
         cols = {"id": ids, "sig": pa.FixedSizeListArray.from_arrays(pa.array(sig.ravel(), pa.uint32()), self.num_perm)}
         cols.update({f"band{k}": pa.array(bands[:, k], pa.uint64()) for k in range(self.bands)})
         t = pa.table(cols, schema=self._schema())
-        _atomic_ipc_file(path, t.to_batches() or [pa.RecordBatch.from_pylist([], self._schema())], self._schema())
+        write_table(path, t)
 
     def _band_edges(self, out: Path, k: int, sig_files: list[Path]) -> None:
         """Candidates of band ``k``, each paired with its bucket's smallest id, verified by Jaccard."""
         tables, sigs = [], []
         for fi, f in enumerate(sig_files):
-            t = ipc.open_file(pa.memory_map(str(f))).read_all()
+            with pa.memory_map(str(f)) as src:
+                t = ipc.open_file(src).read_all()
             s = t.column("sig").combine_chunks() if t.num_rows else None
             sigs.append(s.values.to_numpy().reshape(-1, self.num_perm) if s is not None else None)
             nonempty = np.flatnonzero(sigs[-1][:, 0] != _EMPTY) if t.num_rows else np.zeros(0, np.int64)
@@ -204,7 +199,7 @@ class NearDup(GlobalFilter):
         empty = pa.table({"id": pa.array([], pa.string()), "other": pa.array([], pa.string()),
                           "jaccard": pa.array([], pa.float32())})
         if t.num_rows < 2:
-            _atomic_ipc_file(out, empty.to_batches() or [pa.RecordBatch.from_pylist([], empty.schema)], empty.schema)
+            write_table(out, empty)
             return
         t = t.take(pc.sort_indices(t, sort_keys=[("h", "ascending"), ("id", "ascending")]))
         h = t.column("h").to_numpy()
@@ -230,14 +225,17 @@ class NearDup(GlobalFilter):
         ids = t.column("id")
         res = pa.table({"id": ids.take(pa.array(members[ok])), "other": ids.take(pa.array(heads[ok])),
                         "jaccard": pa.array(jac[ok], pa.float32())}, schema=empty.schema)
-        _atomic_ipc_file(out, res.to_batches() or [pa.RecordBatch.from_pylist([], empty.schema)], empty.schema)
+        write_table(out, res)
 
     def _clusters(self, out: Path, edge_files: list[Path]) -> None:
-        parts = [ipc.open_file(pa.memory_map(str(f))).read_all() for f in edge_files]
+        parts = []
+        for f in edge_files:
+            with pa.memory_map(str(f)) as src:
+                parts.append(ipc.open_file(src).read_all())
         e = pa.concat_tables(parts)
         schema = pa.schema([("id", pa.string()), ("detail", pa.string())])
         if e.num_rows == 0:
-            _atomic_ipc_file(out, [pa.RecordBatch.from_pylist([], schema)], schema)
+            write_table(out, schema.empty_table())
             return
         # number the ids in sorted order, so the smallest label of a component is its smallest id
         names = pc.unique(pa.concat_arrays([e.column("id").combine_chunks(), e.column("other").combine_chunks()]))
@@ -260,4 +258,4 @@ class NearDup(GlobalFilter):
             details.append(f"near-duplicate of {py[label[i]]} (Jaccard≈{sim:.2f} with {py[nb]})")
         res = pa.table({"id": pa.array([py[i] for i in losers.tolist()], pa.string()),
                         "detail": pa.array(details, pa.string())}, schema=schema)
-        _atomic_ipc_file(out, res.to_batches() or [pa.RecordBatch.from_pylist([], schema)], schema)
+        write_table(out, res)

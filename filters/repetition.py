@@ -1,6 +1,6 @@
 """``repetition``: "instances with a sequence of tokens repeated over 100 times" (the study, A.1).
 
-The sentence admits two readings, so both are measured (SPEC §4), each with its own threshold:
+The sentence admits two readings, so both are measured (README: "Filters"), each with its own threshold:
 
 * ``max_consecutive``: the largest number of back-to-back repeats of any token span (of length up to
   ``max_span``): "ha ha ha" is 3 repeats of "ha"; a model stuck in a loop produces hundreds.

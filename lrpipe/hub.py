@@ -91,7 +91,7 @@ def card_languages(m: dict[str, Any]) -> list[str]:
     """Languages named by the stage's configuration and inputs, in first-seen order."""
     found = _walk(m.get("config"), LANGUAGE_KEYS) + _walk(m.get("inputs"), ("language",))
     if str(m.get("stage", "")).startswith("magpie"):
-        found.append("en")  # Magpie samples the instruct model in English (SPEC: the source side)
+        found.append("en")  # Magpie samples the instruct model in English (the source side)
     seen: list[str] = []
     for code in found:
         if code and code.isascii() and 2 <= len(code) <= 8 and code not in seen:
@@ -155,12 +155,18 @@ def build_card(m: dict[str, Any], repo_id: str, files: dict[str, list[str]], fea
         configs=configs,
         dataset_info=_info(features, int(t["rows_out"])),
     )
+    return DatasetCard(f"---\n{data.to_yaml()}\n---\n{_card_body(m, repo_id, sources, license)}")
+
+
+def _card_body(m: dict[str, Any], repo_id: str, sources: list[str], license: str | None) -> str:
+    """The card's text: what made it, counts and rejected rows by reason, provenance, configuration."""
+    t = m["totals"]
     reasons = "\n".join(f"| {k} | {v:,} |" for k, v in t["rejected_by_reason"].items()) or "| (none) | 0 |"
     license_line = ("" if license else "\nNo license was declared when this dataset was pushed (`pipe push --license`): "
                     "the terms of its source datasets and of the models that generated it apply.\n")
     source_line = ("\nSource datasets: " + ", ".join(f"[{s}](https://huggingface.co/datasets/{s})" for s in sources)
                    + "\n") if sources else ""
-    body = f"""
+    return f"""
 # {repo_id}
 
 Made with pipe (Python package `lrpipe` {m.get('version')}), stage `{m.get('stage')}`.
@@ -197,7 +203,6 @@ Inputs:
 {json.dumps(m.get('config'), indent=2, default=str, ensure_ascii=False)}
 ```
 """
-    return DatasetCard(f"---\n{data.to_yaml()}\n---\n{body}")
 
 
 def build_upload_folder(path: str | Path, repo_id: str, dest: str | Path, fmt: str = "parquet",

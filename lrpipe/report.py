@@ -111,3 +111,30 @@ def format_packed_row(row: dict[str, Any], tokenizer: Any, max_chars: int = 4000
         out.append(f"║ [{row['source_ids'][k]}, {n} tokens] " + "".join(parts))
     text = "\n".join(out)
     return text if len(text) <= max_chars else text[:max_chars] + f"... ({len(text) - max_chars} more chars)"
+
+
+def describe(path: str | Any, as_json: bool = False, units: bool = False) -> str:
+    """``pipe show``: the manifest of a shard directory, or of every shard directory in a folder (a
+    pipeline's ``--out``), as text or JSON; a packed directory adds its first row decoded."""
+    from pathlib import Path
+
+    from lrpipe.errors import InputError
+    from lrpipe.shards import ShardDir
+
+    path = Path(path)
+    dirs = [path] if ShardDir.is_shard_dir(path) else sorted(
+        p for p in path.iterdir() if ShardDir.is_shard_dir(p)) if path.is_dir() else []
+    if not dirs:
+        raise InputError("not a shard directory (and holds none)", path=str(path))
+    parts = []
+    for d in dirs:
+        sd = ShardDir.open(d)
+        m = sd.manifest()
+        parts.append(json.dumps(m, indent=2, default=str) if as_json else format_manifest(m, str(d), units))
+        first = first_row(sd) if m.get("stage") == "pack" and not as_json else None
+        if first is not None:
+            from lrpipe.models import load_tokenizer
+
+            parts.append("  first packed row (documents ║, loss ⟦…⟧):\n"
+                         + format_packed_row(first, load_tokenizer(m["config"]["tokenizer"])))
+    return "\n".join(parts)

@@ -26,7 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from lrpipe.engines.base import WAIT, Engine, GenRequest, GenResult
+from lrpipe.engines.base import WAIT, Engine, GenRequest, GenResult, Wait
 from lrpipe.parallel import fork_map
 from lrpipe.shards import ShardDir, UnitSpec
 
@@ -284,66 +284,77 @@ def _run_generation(stage: GenerationStage, units: list[UnitSpec], engine: Engin
                     bar: _Progress) -> Iterator[tuple[UnitSpec, UnitOutput]]:
     """Stream every unit's requests into one engine call; yield each unit when its last result is in
     and the stage asks for no retries."""
-    contexts: dict[int, Any] = {}
-    expected: dict[int, int] = {}
-    results: dict[int, dict[Any, GenResult]] = {}
-    by_index = {u.index: u for u in units}
-    ready: list[int] = []
-    retries: deque[GenRequest] = deque()
+    return _GenerationLoop(stage, units).run(engine, bar)
 
+
+class _GenerationLoop:
+    """The bookkeeping of :func:`_run_generation`: per unit, its context, how many results it expects
+    and which have come; retries the stage asks for go to the front of the request stream, so they
+    complete units already in flight before new units start."""
+
+    def __init__(self, stage: GenerationStage, units: list[UnitSpec]) -> None:
+        self.stage, self.units = stage, units
+        self.contexts: dict[int, Any] = {}
+        self.expected: dict[int, int] = {}
+        self.results: dict[int, dict[Any, GenResult]] = {}
+        self.by_index = {u.index: u for u in units}
+        self.ready: list[int] = []  # units with no requests at all
+        self.retries: deque[GenRequest] = deque()
+
+    @staticmethod
     def wrap(idx: int, q: GenRequest) -> GenRequest:
         return GenRequest(key=(idx, q.key), prompt=q.prompt, sampling=q.sampling, group=idx, images=q.images,
                           messages=q.messages)
 
-    def request_stream() -> Iterator[GenRequest | None]:
-        for u in units:
-            ctx, reqs = stage.requests(u)
-            contexts[u.index] = ctx
-            expected[u.index] = len(reqs)
-            results[u.index] = {}
+    def stream(self) -> Iterator[GenRequest | Wait]:
+        for u in self.units:
+            ctx, reqs = self.stage.requests(u)
+            self.contexts[u.index], self.expected[u.index], self.results[u.index] = ctx, len(reqs), {}
             if not reqs:
-                ready.append(u.index)
+                self.ready.append(u.index)
             for q in reqs:
-                while retries:  # retries first: they complete units already in flight
-                    yield retries.popleft()
-                yield wrap(u.index, q)
-        while expected:
-            if retries:
-                yield retries.popleft()
-            elif any(len(results[i]) < expected[i] for i in expected):
+                while self.retries:
+                    yield self.retries.popleft()
+                yield self.wrap(u.index, q)
+        while self.expected:
+            if self.retries:
+                yield self.retries.popleft()
+            elif any(len(self.results[i]) < self.expected[i] for i in self.expected):
                 yield WAIT  # results still to come may bring retries
             else:
                 break
 
-    def complete(idx: int) -> tuple[UnitSpec, UnitOutput] | None:
+    def complete(self, idx: int) -> tuple[UnitSpec, UnitOutput] | None:
         """The unit's results are all in: queue its retries, or finalize it."""
-        u = by_index[idx]
-        more = stage.review(u, contexts[idx], results[idx])
+        u = self.by_index[idx]
+        more = self.stage.review(u, self.contexts[idx], self.results[idx])
         if more:
-            expected[idx] += len(more)
-            retries.extend(wrap(idx, q) for q in more)
+            self.expected[idx] += len(more)
+            self.retries.extend(self.wrap(idx, q) for q in more)
             return None
-        out = with_source_rejects(stage, u, stage.finalize(u, contexts.pop(idx), results.pop(idx)))
-        expected.pop(idx)
+        out = with_source_rejects(self.stage, u, self.stage.finalize(u, self.contexts.pop(idx),
+                                                                     self.results.pop(idx)))
+        self.expected.pop(idx)
         return u, out
 
-    for res in engine.generate(request_stream()):
-        idx, key = res.key
-        res.key = key
-        results[idx][key] = res
-        bar.update(1, res.output_tokens)
-        while ready:
-            done = complete(ready.pop())
+    def drain_ready(self) -> Iterator[tuple[UnitSpec, UnitOutput]]:
+        while self.ready:
+            done = self.complete(self.ready.pop())
             if done:
                 yield done
-        if len(results[idx]) == expected[idx]:
-            done = complete(idx)
-            if done:
-                yield done
-    while ready:
-        done = complete(ready.pop())
-        if done:
-            yield done
-    if expected:
-        missing = {by_index[i].name: expected[i] - len(results.get(i, {})) for i in expected}
-        raise RuntimeError(f"engine returned no result for some requests: {missing}")
+
+    def run(self, engine: Engine, bar: _Progress) -> Iterator[tuple[UnitSpec, UnitOutput]]:
+        for res in engine.generate(self.stream()):
+            idx, key = res.key
+            res.key = key
+            self.results[idx][key] = res
+            bar.update(1, res.output_tokens)
+            yield from self.drain_ready()
+            if len(self.results[idx]) == self.expected[idx]:
+                done = self.complete(idx)
+                if done:
+                    yield done
+        yield from self.drain_ready()
+        if self.expected:
+            missing = {self.by_index[i].name: self.expected[i] - len(self.results.get(i, {})) for i in self.expected}
+            raise RuntimeError(f"engine returned no result for some requests: {missing}")

@@ -1,4 +1,4 @@
-"""Shard directories: the data contract between every stage (SPEC §1).
+"""Shard directories: the data contract between every stage (README: "What a run leaves behind").
 
 Layout::
 
@@ -434,3 +434,10 @@ def _config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
         elif a != b:
             keys.append(f"{prefix}{k}")
     return ", ".join(keys[:8]) + (" …" if len(keys) > 8 else "")
+
+
+def wait_until_complete(path: str | os.PathLike[str], poll: float = 5.0) -> None:
+    """Block until the shard directory at ``path`` is complete: ranks that share a step whose output
+    the next step reads whole (``pipe translate --sample``) meet here, through the filesystem."""
+    while not ShardDir.open(path).refresh_manifest()["complete"]:
+        time.sleep(poll)

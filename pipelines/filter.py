@@ -19,20 +19,16 @@ from lrpipe.sources import Source
 
 def load_chain(path: str | Path, default_field: str | None = None) -> list[dict[str, Any]]:
     """Read a YAML chain (``filters:`` list of names or mappings), validated with errors naming the file."""
-    import yaml
 
     from lrpipe.errors import InputError
     from lrpipe.filters.base import registry
 
     REGISTRY = registry()
 
-    try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError as e:
-        raise InputError("file not found", path=str(path)) from e
-    except yaml.YAMLError as e:
-        raise InputError(f"invalid YAML ({e})", path=str(path)) from e
-    items = doc.get("filters") if isinstance(doc, dict) else None
+    from lrpipe.config_files import read_yaml
+
+    doc = read_yaml(path, "filter chain")
+    items = doc.get("filters")
     if not isinstance(items, list) or not items:
         raise InputError("expected a non-empty 'filters:' list", path=str(path), field="filters")
     chain = []
@@ -93,7 +89,7 @@ class FilterStage(MapStage):
 
     def prepare(self, shard: ShardDir, rank: int, world_size: int) -> None:
         for j, f in enumerate(self.filters):
-            if not getattr(f, "is_global", False):
+            if not f.is_global:
                 continue
             before = self.filters[:j]
 
@@ -128,12 +124,12 @@ class EngineFilterStage(GenerationStage):
     def __init__(self, source: Source, filters: list[str | dict[str, Any]] | list[Filter], engine: Engine) -> None:
         self.base = FilterStage(source, filters)
         self.source, self.filters, self.engine = source, self.base.filters, engine
-        idx = [i for i, f in enumerate(self.filters) if getattr(f, "needs_engine", False)]
+        idx = [i for i, f in enumerate(self.filters) if f.needs_engine]
         if len(idx) != 1:
             raise ValueError("a filter chain may hold at most one engine filter")
         self.j = idx[0]
         self.judge = self.filters[self.j]
-        self.two_phase = any(getattr(f, "is_global", False) for f in self.filters[self.j + 1:])
+        self.two_phase = any(f.is_global for f in self.filters[self.j + 1:])
         self.ratings: Path | None = None
 
     def config(self) -> dict[str, Any]:
@@ -165,7 +161,7 @@ class EngineFilterStage(GenerationStage):
                 todo = [u for u in plan if u.index % world_size == rank and not self._ratings_file(u).exists()]
                 self._rate(todo)
                 wait_for_files([self._ratings_file(u) for u in plan], f"{self.judge.name} ratings")
-            elif getattr(f, "is_global", False):
+            elif f.is_global:
                 f.prepare(work / f"{k:02d}-{f.name}", plan, lambda u, k=k: self._survivors(u, k), rank, world_size,
                           workers=self.workers)
 
@@ -289,7 +285,7 @@ def make_filter_stage(source: Source, filters: list[str | dict[str, Any] | Filte
                       ) -> FilterStage | EngineFilterStage:
     """The plain stage, or the engine-driven one when the chain holds an engine filter."""
     built = [build_filter(f) for f in filters]
-    if any(getattr(f, "needs_engine", False) for f in built):
+    if any(f.needs_engine for f in built):
         if engine is None:
             raise ValueError("the chain holds an engine filter (quality): pass a model/engine")
         return EngineFilterStage(source, built, engine)

@@ -1,4 +1,4 @@
-"""Magpie sampling (SPEC §3): sample instructions from an instruct model's pre-query template, answer
+"""Magpie sampling (README: "`pipe run magpie`"): sample instructions from an instruct model's pre-query template, answer
 them with the same model, filter — three resumable shard directories under ``--out``.
 
 The requested number of instructions is spread over the (category × temperature) cells by weight,
@@ -10,7 +10,6 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from lrpipe.engines.base import Engine, GenRequest, GenResult, Sampling
 from lrpipe.errors import InputError
 from lrpipe.prompting import list_prompts, load_prompt
 from lrpipe.runner import GenerationStage, RunReport, UnitOutput, run_stage
+from lrpipe.seeding import seed_for  # noqa: F401  (used here and re-exported)
 from lrpipe.shards import REJECT_DETAIL, REJECT_REASON, UnitSpec
 from lrpipe.sources import ShardSource
 
@@ -54,12 +54,6 @@ def parse_temps(spec: str) -> list[float]:
         return vals
     except ValueError as e:
         raise InputError(f"bad --temps '{spec}': use a:b (10 values), a:b:k, or a comma list", field="temps") from e
-
-
-def seed_for(base: int, *parts: Any) -> int:
-    """Per-request seed from (base seed, what the request is): stable, independent of batching and rank."""
-    h = hashlib.sha256(":".join(str(p) for p in (base, *parts)).encode()).digest()
-    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
 
 
 def spread(n: int, weights: list[float]) -> list[int]:
@@ -363,3 +357,41 @@ def run_magpie(cfg: MagpieConfig, out: str | Path, engine: Engine, *, model_id: 
         reports["filter"] = run_stage(stage, out / "filtered", engine=engine, rank=rank, world_size=world_size,
                                       overwrite=overwrite, progress=progress)
     return reports
+
+
+def config_from_options(*, model: str | None, n: int, temps: str, categories: str, weights: str, steps: str,
+                        filters: str | None, top_p: float, max_tokens: int, chunk_size: int, seed: int,
+                        response_temperature: float, response_top_p: float,
+                        response_max_tokens: int) -> tuple[MagpieConfig, tuple[str, ...]]:
+    """The config and steps of ``pipe run magpie`` from its options as typed: ``--weights math=2``
+    against ``--categories``, ``--steps`` against :data:`STEPS`, ``--filters`` as a chain (repetition
+    and quality read instruction and response), and pydantic's refusal named by the option."""
+    from pydantic import ValidationError
+
+    from lrpipe.errors import PipeError, validation_message
+
+    w = {c.strip(): 1.0 for c in categories.split(",") if c.strip()}
+    for item in filter(None, (x.strip() for x in weights.split(","))):
+        k, _, v = item.partition("=")
+        if k not in w:
+            raise PipeError(f"--weights names '{k}', which is not in --categories")
+        w[k] = float(v)
+    step_list = tuple(s.strip() for s in steps.split(",") if s.strip())
+    bad = [s for s in step_list if s not in STEPS]
+    if bad:
+        raise PipeError(f"unknown step(s) {bad}; steps are {', '.join(STEPS)}")
+    chain = None if filters is None else [
+        {"name": f.strip(), "field": ["instruction", "response"]} if f.strip() in ("repetition", "quality")
+        else f.strip() for f in filters.split(",") if f.strip()]
+    try:
+        cfg = MagpieConfig(model=model or "embedded:SmolLM2-135M-Instruct", n=n, temps=parse_temps(temps),
+                           categories=w, top_p=top_p, max_tokens=max_tokens, chunk_size=chunk_size, seed=seed,
+                           response={"temperature": response_temperature, "top_p": response_top_p,
+                                     "max_tokens": response_max_tokens},
+                           **({"filters": chain} if chain else {}))
+    except ValidationError as e:
+        raise PipeError(validation_message(e, {"response.max_tokens": "--response-max-tokens",
+                                               "response.temperature": "--response-temperature",
+                                               "response.top_p": "--response-top-p",
+                                               "categories": "--categories"})) from e
+    return cfg, step_list

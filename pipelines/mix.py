@@ -1,4 +1,4 @@
-"""``pipe mix``: bilingual training mixtures from shard directories, files or Hub datasets (SPEC §7).
+"""``pipe mix``: bilingual training mixtures from shard directories, files or Hub datasets (README: "Mixtures" and "Packing for training").
 
 A mixture is a YAML recipe (:class:`MixRecipe`) of sources, each with a language and a quantity:
 every row once (the default), ``epochs`` (up- or down-sampling factor), an absolute ``rows`` or
@@ -33,170 +33,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lrpipe.chat import is_message_type
 from lrpipe.errors import InputError
 from lrpipe.languages import language_view
-from lrpipe.parallel import fork_map, wait_for_files
+from lrpipe.phases import run_phase
+from lrpipe.pipelines.mix_recipe import RECIPES, MixRecipe, MixSource, Total, load_mix_recipe  # noqa: F401
 from lrpipe.runner import MapStage, UnitOutput
 from lrpipe.shards import REJECT_DETAIL, REJECT_REASON, ShardDir, UnitSpec, atomic_ipc_file, read_arrow
 from lrpipe.sources import Source, open_source
 
-RECIPES = Path(__file__).parent / "recipes" / "mix"
 INDEX_SCHEMA = pa.schema([("id", pa.string()), ("tokens", pa.int64())])
 ADDED = [("id", pa.string()), ("source", pa.string()), ("language", pa.string()), ("copy", pa.int32())]
-
-
-# ------------------------------------------------------------------------------------------ recipe
-class Total(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    rows: int | None = Field(None, gt=0)
-    tokens: int | None = Field(None, gt=0)
-
-    @model_validator(mode="after")
-    def _one(self) -> Total:
-        if (self.rows is None) == (self.tokens is None):
-            raise ValueError("total needs exactly one of rows, tokens")
-        return self
-
-
-class MixSource(BaseModel):
-    """One source of a mixture. ``input`` or ``parallel`` ({language: input}); at most one quantity."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[^:\s]+$")
-    input: str | None = None
-    parallel: dict[str, str] | None = None
-    language: str | None = None
-    weight: float | None = Field(None, gt=0)
-    rows: int | None = Field(None, ge=0)
-    tokens: int | None = Field(None, ge=0)
-    epochs: float | None = Field(None, ge=0)
-    target_share: float | None = Field(None, ge=0, le=1)
-    unpaired: Literal["drop", "keep"] = "drop"
-    split: str = "train"
-    #: the id column (``uuid``...); default: ``id`` or another usual id column, else ids derived from the
-    #: rows' content, the same rule every stage uses, so a translation pairs with its source
-    id_field: str | None = None
-    #: on a side of language L: ``X_L`` replaces ``X`` and other languages' ``X_M`` are dropped, so a
-    #: ``pipe translate`` directory (``instruction`` + ``instruction_eu``) serves either language
-    language_columns: bool = True
-
-    @model_validator(mode="after")
-    def _check(self) -> MixSource:
-        if (self.input is None) == (self.parallel is None):
-            raise ValueError(f"source '{self.name}': give exactly one of input, parallel")
-        quantities = [k for k in ("weight", "rows", "tokens", "epochs") if getattr(self, k) is not None]
-        if len(quantities) > 1:
-            raise ValueError(f"source '{self.name}': give at most one of weight, rows, tokens, epochs "
-                             f"(got {', '.join(quantities)})")
-        if self.parallel is not None:
-            if len(self.parallel) != 2:
-                raise ValueError(f"source '{self.name}': parallel needs exactly two languages, "
-                                 f"e.g. {{en: DIR, eu: DIR}}")
-        else:
-            if self.language is None:
-                raise ValueError(f"source '{self.name}': give its language")
-            if self.target_share is not None:
-                raise ValueError(f"source '{self.name}': target_share needs a parallel source")
-        return self
-
-    @property
-    def quantity(self) -> str:
-        return next((k for k in ("weight", "rows", "tokens", "epochs") if getattr(self, k) is not None), "epochs")
-
-
-class MixRecipe(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = "mix"
-    description: str = ""
-    target_lang: str | None = None
-    seed: int = 0
-    #: counts tokens as ``pipe pack`` will (HF id or folder; None: the embedded model; "none": rows only)
-    tokenizer: str | None = None
-    total: Total | None = None
-    rows_per_unit: int = Field(10000, gt=0)
-    sources: list[MixSource]
-
-    @model_validator(mode="after")
-    def _check(self) -> MixRecipe:
-        if not self.sources:
-            raise ValueError("a mixture needs at least one source")
-        names = [s.name for s in self.sources]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise ValueError(f"source names must be unique (repeated: {sorted(dup)})")
-        weighted = [s.name for s in self.sources if s.weight is not None]
-        if weighted and self.total is None:
-            raise ValueError(f"sources {weighted} have a weight: give the mixture a total (rows or tokens)")
-        if self.total is not None and not weighted:
-            raise ValueError("total is only used by weighted sources; give at least one a weight")
-        for s in self.sources:
-            if s.parallel is not None:
-                if self.target_lang is None:
-                    raise ValueError(f"parallel source '{s.name}' needs the recipe's target_lang")
-                if self.target_lang not in s.parallel:
-                    raise ValueError(f"parallel source '{s.name}' has languages {list(s.parallel)}, "
-                                     f"not the target_lang '{self.target_lang}'")
-        counting = self.tokenizer is not None and self.tokenizer.lower() == "none"
-        if counting and (any(s.tokens is not None for s in self.sources) or (self.total and self.total.tokens)):
-            raise ValueError("token budgets need a tokenizer (tokenizer: none counts rows only)")
-        return self
-
-    def languages(self) -> list[str]:
-        langs = [self.target_lang] if self.target_lang else []
-        for s in self.sources:
-            langs += list(s.parallel) if s.parallel else [s.language]  # type: ignore[list-item]
-        return list(dict.fromkeys(x for x in langs if x))
-
-
-def load_mix_recipe(path: str | Path, **overrides: Any) -> MixRecipe:
-    """Read and validate a mixture recipe (a path, or the name of a recipe shipped with pipe)."""
-    p = Path(path)
-    if not p.exists() and (RECIPES / f"{path}.yaml").exists():
-        p = RECIPES / f"{path}.yaml"
-    if not p.exists():
-        raise InputError("mixture recipe not found", path=str(path))
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise InputError(f"invalid YAML ({e})", path=str(p)) from e
-    if not isinstance(data, dict):
-        raise InputError("a mixture recipe is a mapping with 'sources'", path=str(p))
-    base = p.parent
-    for s in data.get("sources") or []:  # relative inputs are relative to the recipe file
-        if isinstance(s, dict):
-            if isinstance(s.get("input"), str):
-                s["input"] = _resolve(s["input"], base)
-            if isinstance(s.get("parallel"), dict):
-                s["parallel"] = {k: _resolve(v, base) for k, v in s["parallel"].items()}
-    for k, v in overrides.items():
-        if v is None:
-            continue
-        if k == "target_share":
-            for s in data.get("sources") or []:
-                if isinstance(s, dict) and "parallel" in s:
-                    s["target_share"] = v
-        else:
-            data[k] = v
-    try:
-        return MixRecipe.model_validate(data)
-    except ValidationError as e:
-        errs = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'recipe'}: {err['msg']}" for err in e.errors())
-        raise InputError(f"invalid mixture recipe: {errs}", path=str(p)) from e
-
-
-def _resolve(spec: str, base: Path) -> str:
-    if spec.startswith("hf://") or Path(spec).is_absolute():
-        return spec
-    cand = base / spec  # relative to the recipe; else as given (a Hub id, or relative to the cwd)
-    return str(cand) if cand.exists() or any(c in spec for c in "*?[") else spec
 
 
 # ------------------------------------------------------------------------------------------ selection
@@ -297,15 +149,10 @@ class MixStage(MapStage):
 
     # ---------------------------------------------------------------- prepare: index, select
     def prepare(self, shard: ShardDir, rank: int, world_size: int) -> None:
-        work = shard.path / ".work" / "mix"
-        idx_dir = work / "index"
-        idx_dir.mkdir(parents=True, exist_ok=True)
         plan = self.plan()
-        mine = [u for u in plan if u.index % world_size == rank and not (idx_dir / f"{u.part}.arrow").exists()]
-        for _ in fork_map(lambda u: self._index(idx_dir / f"{u.part}.arrow", u), mine, self.workers):
-            pass
-        files = [idx_dir / f"{u.part}.arrow" for u in plan]
-        wait_for_files(files, "mix index")
+        files = run_phase(shard.path / ".work" / "mix" / "index", plan, lambda u: f"{u.part}.arrow",
+                          lambda u, f: self._index(f, u), rank=rank, world_size=world_size, workers=self.workers,
+                          what="mix index")
         self._select(plan, files)
         if rank == 0:
             atomic_json(shard.path / "mix.json", self.report)
@@ -415,6 +262,16 @@ class MixStage(MapStage):
         return {"ids": pool_ids, "tokens": tokens, "paired": len(paired), "where": where, "tok_of": tok_of,
                 "only": only, "dups": dups}
 
+    def _target_ids(self, ids: list[str], counts: np.ndarray, n_paired: int,
+                    share: float) -> tuple[np.ndarray, np.ndarray]:
+        """The selected paired ids, and which of them go in the target language: the first
+        ``round(share × n)`` in the seeded swap order, so a smaller share's set is inside a larger one's."""
+        chosen = np.flatnonzero(counts[:n_paired] > 0)
+        swap_order = chosen[hash_order(order_key([ids[k] for k in chosen], self.recipe.seed, "swap"))]
+        is_tgt = np.zeros(len(ids), bool)
+        is_tgt[swap_order[:int(round(share * len(chosen)))]] = True
+        return chosen, is_tgt
+
     def _assign(self, s: MixSource, pool: dict[str, Any], counts: np.ndarray, entry: dict[str, Any]) -> None:
         """Turn per-pool-entry copies into per-unit-row copies and reasons; fill the report entry."""
         r = self.recipe
@@ -442,13 +299,9 @@ class MixStage(MapStage):
             tgt = r.target_lang
             eng = next(x for x in s.parallel if x != tgt)
             share = s.target_share if s.target_share is not None else 0.0
-            ids = pool["ids"]
-            n_paired = pool["paired"]
-            chosen = np.flatnonzero(counts[:n_paired] > 0)  # selected paired ids
-            swap_order = chosen[hash_order(order_key([ids[k] for k in chosen], r.seed, "swap"))]
-            n_tgt = int(round(share * len(chosen)))
-            is_tgt = np.zeros(len(ids), bool)
-            is_tgt[swap_order[:n_tgt]] = True
+            ids, n_paired = pool["ids"], pool["paired"]
+            chosen, is_tgt = self._target_ids(ids, counts, n_paired, share)
+            n_tgt = int(is_tgt.sum())
             where, tok_of = pool["where"], pool["tok_of"]
             for lang in (eng, tgt):
                 lang_rows[lang] = lang_tokens[lang] = 0
@@ -531,66 +384,3 @@ def atomic_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     tmp.replace(path)
-
-
-# ------------------------------------------------------------------------------------------ grid
-#: the instruction study's data grid (Table 3): corpus C_TGT, instructions I_EN, I_TGT, in its order
-GRID = [("I_EN", (False, True, False)), ("I_TGT", (False, False, True)), ("I_EN+TGT", (False, True, True)),
-        ("C_TGT", (True, False, False)), ("C_TGT_I_EN", (True, True, False)), ("C_TGT_I_TGT", (True, False, True)),
-        ("C_TGT_I_EN+TGT", (True, True, True))]
-BACKBONES = [("BASE_EN", "BAS_EN"), ("BASE_TGT", "BAS_TGT"), ("INSTRUCT_EN", "INS_EN")]
-
-
-def grid_recipes(corpus: str, instructions_en: str, instructions_tgt: str, target_lang: str, *,
-                 instruction_rows: int | None = None, seed: int = 0, tokenizer: str | None = None,
-                 source_lang: str = "en") -> list[tuple[str, dict[str, Any], str]]:
-    """The 7 non-empty data combinations: (name, recipe dict, description). Names follow Table 3
-    with the target language's code in place of EU (``C_EU_I_EN+EU``...). ``instruction_rows``
-    samples that many rows per instruction language (the study: 1M of about 2.35M), the same ids in
-    both languages because sampling orders ids by ``(seed, id)`` only."""
-    T, S = target_lang.upper(), source_lang.upper()
-    out = []
-    for name, (c, ie, it) in GRID:
-        name = name.replace("TGT", T).replace("EN", S)
-        sources: list[dict[str, Any]] = []
-        if c:
-            sources.append({"name": f"corpus_{target_lang}", "input": corpus, "language": target_lang})
-        for use, path, lang in ((ie, instructions_en, source_lang), (it, instructions_tgt, target_lang)):
-            if use:
-                src: dict[str, Any] = {"name": f"instructions_{lang}", "input": path, "language": lang}
-                if instruction_rows:
-                    src["rows"] = instruction_rows
-                sources.append(src)
-        parts = [p for p, on in ((f"corpus {T}", c), (f"instructions {S}", ie), (f"instructions {T}", it)) if on]
-        recipe = {"name": name, "description": " + ".join(parts), "target_lang": target_lang, "seed": seed,
-                  "sources": sources}
-        if tokenizer is not None:
-            recipe["tokenizer"] = tokenizer
-        out.append((name, recipe, " + ".join(parts)))
-    return out
-
-
-def grid_table(entries: list[tuple[str, dict[str, Any], str]], target_lang: str, source_lang: str = "en",
-               built: dict[str, dict[str, Any]] | None = None) -> str:
-    """Markdown: each combination, what it holds, and the model names of Table 3 per backbone
-    (``-`` where the backbone has already seen that data, the table's gray cells)."""
-    T, S = target_lang.upper(), source_lang.upper()
-    heads = [b.replace("TGT", T).replace("EN", S) for b, _ in BACKBONES]
-    lines = ["| data | contents | " + " | ".join(f"model on {h}" for h in heads) + (" | rows | tokens |" if built else ""),
-             "|---|---|" + "---|" * len(heads) + ("---:|---:|" if built else "")]
-    for name, recipe, desc in entries:
-        corpus_only = [s["name"] for s in recipe["sources"]] == [f"corpus_{target_lang}"]
-        en_only = [s["name"] for s in recipe["sources"]] == [f"instructions_{source_lang}"]
-        shorthand = name.replace("_I_", " I_")
-        # Table 3's gray cells: the backbone has already seen that data (BASE_EN + corpus is BASE_TGT
-        # itself, BASE_EN + English instructions is INSTRUCT_EN)
-        gray = {("BASE_EN", True, False), ("BASE_TGT", True, False), ("BASE_EN", False, True),
-                ("INSTRUCT_EN", False, True)}
-        cells = ["-" if (b, corpus_only, en_only) in gray else f"{short.replace('TGT', T).replace('EN', S)} {shorthand}"
-                 for b, short in BACKBONES]
-        row = f"| {name} | {desc} | " + " | ".join(cells) + " |"
-        if built:
-            b = built.get(name, {})
-            row += f" {b.get('rows', 0):,} | {b.get('tokens') or 0:,} |"
-        lines.append(row)
-    return "\n".join(lines) + "\n"

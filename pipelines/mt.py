@@ -1,4 +1,4 @@
-"""``pipe mt``: sentence-level machine translation of a text column (CC3M captions → CC3M-EUS), SPEC §6.
+"""``pipe mt``: sentence-level machine translation of a text column (CC3M captions → CC3M-EUS), README: "Sentence-level MT".
 
 Per unit: split every text into sentences with nltk's Punkt, translate each **distinct** sentence once
 (a cache shared by all units of the run), in batches sorted by length so padding is small, and put
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
 
 from lrpipe.errors import InputError
 from lrpipe.runner import MapStage, UnitOutput
@@ -299,21 +300,27 @@ class MTStage(MapStage):
 
 
 # ------------------------------------------------------------------------------------------ presets
-def load_preset(name: str) -> dict[str, Any]:
-    import yaml
+class Preset(BaseModel):
+    """An MT preset (``pipelines/recipes/mt/*.yaml``): which text column, model, languages, splitter hints."""
 
-    p = Path(name)
-    path = p if p.suffix in (".yaml", ".yml") and p.exists() else PRESETS / f"{name}.yaml"
-    if not path.exists():
-        have = sorted(x.stem for x in PRESETS.glob("*.yaml"))
-        raise InputError(f"no mt preset '{name}' (have: {', '.join(have)}; or pass a .yaml path)")
-    doc = yaml.safe_load(path.read_text()) or {}
-    allowed = {"name", "description", "field", "fields", "model", "src", "tgt", "input", "abbreviations",
-               "max_chars", "backend"}
-    unknown = set(doc) - allowed
-    if unknown:
-        raise InputError(f"unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}", path=str(path))
-    return doc
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None
+    description: str | None = None
+    field: str | None = None
+    fields: list[str] | None = None
+    model: str | None = None
+    src: str | None = None
+    tgt: str | None = None
+    input: str | None = None
+    abbreviations: list[str] | None = None
+    max_chars: int | None = None
+    backend: str | None = None
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    from lrpipe.config_files import load
+
+    return load(Preset, name, PRESETS, kind="mt preset").model_dump(exclude_none=True)
 
 
 def pick_field(columns: list[str], preset: dict[str, Any], field: str | None) -> str:

@@ -1,5 +1,5 @@
 """``pipe pack``: tokenize conversations and corpus documents with the training model's tokenizer and
-pack them into fixed-length rows for training (SPEC §7).
+pack them into fixed-length rows for training (README: "Mixtures" and "Packing for training").
 
 **Loss masks.** Conversations go through the tokenizer's chat template; only assistant tokens carry
 loss, including each assistant turn's end-of-turn token; system and user text never do.

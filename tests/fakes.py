@@ -16,6 +16,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from lrpipe.engines.base import WAIT
+
 MARK = "⟪eu⟫ "
 
 
@@ -155,7 +157,7 @@ class MarkerEngine:
         from lrpipe.engines.base import GenResult
 
         for q in requests:
-            if q is None:  # WAIT
+            if q is WAIT:
                 continue
             self.calls += 1
             text = q.prompt if isinstance(q.prompt, str) else self.tokenizer.decode(q.prompt)

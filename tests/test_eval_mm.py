@@ -167,6 +167,7 @@ def test_text_only_engines_refuse_images():
 
     class TextOnly:
         name = "transformers"
+        supports_images = False  # as every Engine declares
 
     with pytest.raises(mm.InputError, match="cannot take images"):
         mm.EngineVision(TextOnly(), None)

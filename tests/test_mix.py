@@ -305,3 +305,14 @@ def test_crash_then_rerun_gives_the_same_rows(data, tmp_path, monkeypatch):
     monkeypatch.setattr(mix.MixStage, "process", real)
     _, again = build(rec, tmp_path / "crash")
     assert again.manifest()["complete"] and again.read_all().equals(ref.read_all())
+
+
+def test_shipped_recipes_load_by_name():
+    """The README's mixtures ship with pipe (pipelines/recipes/mix/) and are found by name."""
+    from lrpipe.pipelines.mix import RECIPES, load_mix_recipe
+
+    names = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+    assert {"mm-80-20", "captions-80-20"} <= set(names)
+    for n in names:
+        r = load_mix_recipe(n)
+        assert r.name == n and r.sources

@@ -26,3 +26,32 @@ def test_fork_map_raises_the_workers_error():
 
     with pytest.raises(ValueError, match="bad item 3"):
         list(fork_map(boom, list(range(10)), workers=2))
+
+
+def test_run_phase_splits_resumes_and_waits(tmp_path):
+    """Two ranks, six jobs: each rank writes its own (i mod 2), a rerun redoes only missing files, and
+    a rank returns only when the other rank's files are there."""
+    import threading
+
+    from lrpipe.phases import run_phase
+
+    done = []
+
+    def work(j, f):
+        done.append(j)
+        f.write_text(str(j * j))
+
+    kw = {"workers": 1, "what": "squares", "poll": 0.02}
+    res = {}
+    t = threading.Thread(target=lambda: res.update(r1=run_phase(tmp_path, list(range(6)), lambda j: f"{j}.txt", work,
+                                                                rank=1, world_size=2, **kw)))
+    t.start()
+    t.join(0.3)
+    assert t.is_alive() and sorted(done) == [1, 3, 5]  # rank 1 did its jobs and waits for rank 0's
+    files = run_phase(tmp_path, list(range(6)), lambda j: f"{j}.txt", work, rank=0, world_size=2, **kw)
+    t.join(5)
+    assert not t.is_alive() and res["r1"] == files and [int(f.read_text()) for f in files] == [0, 1, 4, 9, 16, 25]
+    (tmp_path / "4.txt").unlink()
+    done.clear()
+    run_phase(tmp_path, list(range(6)), lambda j: f"{j}.txt", work, rank=0, world_size=2, **kw)
+    assert done == [4]  # resumed: only the missing file

@@ -12,10 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from lrpipe.errors import InputError
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class TrainConfig(BaseModel):
@@ -85,18 +82,10 @@ def load_config(recipe: str | Path | None, overrides: dict[str, Any], *, stage: 
     if stage:
         values["stage"] = stage
     if recipe:
-        p = Path(recipe)
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise InputError(f"cannot read the training recipe ({e})", path=str(p)) from e
-        if not isinstance(loaded, dict):
-            raise InputError("a training recipe is a mapping of fields", path=str(p))
-        values.update(loaded)
+        from lrpipe.config_files import read_yaml
+
+        values.update(read_yaml(recipe, "training recipe"))
     values.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return TrainConfig.model_validate(values)
-    except ValidationError as e:
-        where = str(recipe) if recipe else "command line"
-        msgs = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        raise InputError(f"invalid training configuration: {msgs}", path=where) from e
+    from lrpipe.config_files import validate
+
+    return validate(TrainConfig, values, recipe or "command line", "training configuration")

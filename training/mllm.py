@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from lrpipe.errors import InputError
 from lrpipe.pipelines.images import URL_COLUMNS
@@ -49,9 +48,10 @@ CONVERSATION_FIELDS = ("conversation", "messages", "conversations")
 
 
 def caption_prompts() -> dict[str, str]:
+    from lrpipe.config_files import read_yaml
     from lrpipe.prompting import prompt_root
 
-    return yaml.safe_load((prompt_root() / "mllm" / "caption.yaml").read_text())
+    return read_yaml(prompt_root() / "mllm" / "caption.yaml", "caption prompt table")
 
 
 class LinearConnector(torch.nn.Module):

@@ -8,6 +8,7 @@ loss tokens in the global batch, passed as ``num_items_in_batch``; attention sta
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from lrpipe.errors import InputError
 from lrpipe.training.config import TrainConfig
 from lrpipe.training.data import IGNORE, PackedShards, additive_mask, collate
 from lrpipe.training.metrics import attention_flops_per_token
+
+log = logging.getLogger(__name__)
 
 
 def attn_implementation(choice: str) -> str:
@@ -46,11 +49,12 @@ def model_config(path: str) -> Any:
 
 def pack_tokenizer(data: str) -> str | None:
     """The tokenizer ``pipe pack`` used (from its header), if the data is still there."""
-    try:
-        from lrpipe.shards import ShardDir
+    from lrpipe.errors import PipeError
+    from lrpipe.shards import ShardDir
 
+    try:
         return (ShardDir.open(data).header().get("config") or {}).get("tokenizer")
-    except Exception:
+    except (PipeError, OSError):  # not a shard directory (any more): the model's own tokenizer is used
         return None
 
 
@@ -66,13 +70,15 @@ def save_tokenizer_and_generation(model_path: str, fallback_tokenizer: str | Non
         try:
             tok = AutoTokenizer.from_pretrained(cand)
             break
-        except Exception:
-            continue
+        except (OSError, ValueError) as e:  # no tokenizer files there: the next candidate
+            log.info("no tokenizer in %s (%s)", cand, e)
     if tok is not None:
         tok.save_pretrained(out)
+    else:
+        log.warning("exported %s without a tokenizer: none found in %s or %s", out, src, fallback_tokenizer)
     try:
         gen = GenerationConfig.from_pretrained(str(src))
-    except Exception:
+    except OSError:  # the checkpoint has no generation_config.json: derive one from the model config
         gen = GenerationConfig.from_model_config(config)
     gen.save_pretrained(out)
 

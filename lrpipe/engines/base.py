@@ -1,4 +1,4 @@
-"""One small interface over inference engines (SPEC §2).
+"""One small interface over inference engines (README: "Engines").
 
 A stage hands the engine an *iterable* of :class:`GenRequest` and receives :class:`GenResult` objects
 as they finish, in any order, matched by ``key``. The iterable is consumed lazily: the engine pulls
@@ -28,11 +28,6 @@ class Sampling:
     stop_token_ids: tuple[int, ...] = ()
     json_schema: dict[str, Any] | None = None
     repetition_penalty: float = 1.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
-                "seed": self.seed, "stop": list(self.stop), "stop_token_ids": list(self.stop_token_ids),
-                "json_schema": self.json_schema is not None, "repetition_penalty": self.repetition_penalty}
 
 
 @dataclass
@@ -82,10 +77,19 @@ class ScoreResult:
     num_tokens: int
 
 
-WAIT = None
+class Wait:
+    """The request stream's "nothing to submit now": results still to come may bring more requests
+    (retries), so the engine runs what it holds instead of ending (see :meth:`Engine.generate`). One
+    instance, :data:`WAIT`, compared with ``is``; not ``None``, which a buggy stream might yield by accident."""
+
+    def __repr__(self) -> str:
+        return "WAIT"
 
 
-def pull(it: Iterator[GenRequest | None], n: int) -> tuple[list[GenRequest], bool]:
+WAIT = Wait()
+
+
+def pull(it: Iterator[GenRequest | Wait], n: int) -> tuple[list[GenRequest], bool]:
     """Up to ``n`` requests from a stream: (requests, exhausted). A :data:`WAIT` ends the pull early
     without exhausting the stream."""
     out: list[GenRequest] = []
@@ -122,11 +126,11 @@ class Engine(abc.ABC):
         return self._tokenizer
 
     @abc.abstractmethod
-    def generate(self, requests: Iterable[GenRequest | None]) -> Iterator[GenResult]:
+    def generate(self, requests: Iterable[GenRequest | Wait]) -> Iterator[GenResult]:
         """Yield one result per request, as they finish. Never raises for a single bad request: that
         request gets ``finish_reason="error"`` and its message, so a stage can reject it and go on.
 
-        The stream may yield ``None`` (:data:`WAIT`): nothing to submit now, but more requests may
+        The stream may yield :data:`WAIT`: nothing to submit now, but more requests may
         follow once results come back (retries that depend on earlier results). Engines then run what
         they hold and ask again; a stream must only wait while some of its requests are in flight."""
 

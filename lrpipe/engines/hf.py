@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from lrpipe.engines.base import WAIT, Engine, GenRequest, GenResult, ScoreRequest, ScoreResult
+from lrpipe.engines.base import WAIT, Engine, GenRequest, GenResult, Sampling, ScoreRequest, ScoreResult
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +114,7 @@ class TransformersEngine(Engine):
                 raise ValueError(f"request {r.key!r}: prompt of {len(p)} tokens exceeds max_model_len "
                                  f"{self.max_model_len}")
         B = len(reqs)
-        L = max(len(p) for p in prompts)
-        ids = torch.full((B, L), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((B, L), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, L - len(p):] = torch.tensor(p)
-            mask[i, L - len(p):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, pos = self._left_padded(prompts)
         out = self.hf_model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
         past = out.past_key_values
         logits = out.logits[:, -1, :]
@@ -146,15 +139,7 @@ class TransformersEngine(Engine):
                 if finish[i] is not None:
                     next_tokens.append(self.pad_id)
                     continue
-                row = logits[i].float()
-                s = r.sampling
-                if s.repetition_penalty != 1.0 and out_ids[i]:
-                    seen = torch.tensor(sorted(set(out_ids[i])), device=row.device)
-                    vals = row[seen]
-                    row[seen] = torch.where(vals > 0, vals / s.repetition_penalty, vals * s.repetition_penalty)
-                if constraints[i] is not None:
-                    row = constraints[i].apply(out_ids[i], row)
-                next_tokens.append(_sample(torch, row, s.temperature, s.top_p, gens[i]))
+                next_tokens.append(self._pick(logits[i].float(), r.sampling, out_ids[i], constraints[i], gens[i]))
             for i, t in enumerate(next_tokens):
                 if finish[i] is not None:
                     continue
@@ -162,18 +147,7 @@ class TransformersEngine(Engine):
                     finish[i] = "stop"
                     continue
                 out_ids[i].append(t)
-                s = reqs[i].sampling
-                if s.stop:
-                    text = self.tokenizer.decode(out_ids[i], skip_special_tokens=True)
-                    hit = [text.find(x) for x in s.stop if x in text]
-                    if hit:
-                        texts[i] = text[:min(hit)]
-                        finish[i] = "stop"
-                        continue
-                if constraints[i] is not None and constraints[i].is_finished(out_ids[i]):
-                    finish[i] = "stop"
-                elif len(out_ids[i]) >= limits[i]:
-                    finish[i] = "length"
+                finish[i], texts[i] = self._end(out_ids[i], reqs[i].sampling, constraints[i], limits[i])
             if all(f is not None for f in finish):
                 break
             step = torch.tensor(next_tokens, dtype=torch.long, device=self.device).unsqueeze(1)
@@ -190,6 +164,40 @@ class TransformersEngine(Engine):
                                      prompt_tokens=len(prompts[i]), output_tokens=len(out_ids[i]),
                                      token_ids=out_ids[i]))
         return results
+
+    def _left_padded(self, prompts: list[list[int]]) -> tuple[Any, Any, Any]:
+        """Token ids, attention mask and positions of a batch, left-padded so every row ends together."""
+        torch = self.torch
+        B, L = len(prompts), max(len(p) for p in prompts)
+        ids = torch.full((B, L), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((B, L), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, L - len(p):] = torch.tensor(p)
+            mask[i, L - len(p):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def _pick(self, row: Any, s: Sampling, out_ids: list[int], constraint: Any, gen: Any) -> int:
+        """The next token of one sequence: repetition penalty, JSON constraint, then sampling."""
+        torch = self.torch
+        if s.repetition_penalty != 1.0 and out_ids:
+            seen = torch.tensor(sorted(set(out_ids)), device=row.device)
+            vals = row[seen]
+            row[seen] = torch.where(vals > 0, vals / s.repetition_penalty, vals * s.repetition_penalty)
+        if constraint is not None:
+            row = constraint.apply(out_ids, row)
+        return _sample(torch, row, s.temperature, s.top_p, gen)
+
+    def _end(self, out_ids: list[int], s: Sampling, constraint: Any, limit: int) -> tuple[str | None, str | None]:
+        """After a token: ``(finish reason or None, text cut at a stop string or None)``."""
+        if s.stop:
+            text = self.tokenizer.decode(out_ids, skip_special_tokens=True)
+            hit = [text.find(x) for x in s.stop if x in text]
+            if hit:
+                return "stop", text[:min(hit)]
+        if constraint is not None and constraint.is_finished(out_ids):
+            return "stop", None
+        return ("length" if len(out_ids) >= limit else None), None
 
     def _constraint(self, schema: dict[str, Any]) -> Any:
         from lrpipe.engines.json_constraint import JsonConstraint

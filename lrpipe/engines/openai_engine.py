@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from lrpipe.engines.base import Engine, GenRequest, GenResult, ScoreRequest, ScoreResult, pull
+from lrpipe.engines.base import Engine, GenRequest, GenResult, ScoreRequest, ScoreResult, Wait, pull
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class OpenAIEngine(Engine):
         finally:
             self._release(url)
 
-    def generate(self, requests: Iterable[GenRequest | None]) -> Iterator[GenResult]:
+    def generate(self, requests: Iterable[GenRequest | Wait]) -> Iterator[GenResult]:
         it = iter(requests)
         capacity = self.max_concurrency * len(self.base_urls)
         with ThreadPoolExecutor(max_workers=capacity) as pool:

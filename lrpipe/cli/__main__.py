@@ -1,0 +1,3 @@
+from lrpipe.cli import main
+
+main()

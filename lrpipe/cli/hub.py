@@ -1,0 +1,70 @@
+"""``pipe show``, ``push`` and ``models prepare|path``: looking at outputs, publishing them, the embedded model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from lrpipe.cli.common import (
+    app,
+    cli_errors,
+    models_app,
+)
+
+
+@app.command("show")
+@cli_errors
+def show_cmd(path: Path = typer.Argument(..., help="A shard directory, or a folder of them (e.g. out/magpie)."),
+             as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+             units: bool = typer.Option(False, help="List every unit.")) -> None:
+    """Print a shard directory's manifest in human form."""
+    from lrpipe.report import describe
+
+    typer.echo(describe(path, as_json, units))
+
+
+
+@app.command("push")
+@cli_errors
+def push_cmd(path: Path = typer.Argument(..., help="Shard directory to upload."),
+             repo_id: str = typer.Argument(..., help="Hub dataset repo, e.g. me/magpie-eu."),
+             dry_run: Path | None = typer.Option(None, help="Write the exact folder that would be uploaded here, upload nothing."),
+             fmt: str = typer.Option("parquet", "--format", help="parquet or arrow."),
+             private: bool = typer.Option(False),
+             include_rejected: bool = typer.Option(False, help="Upload rejected/ too, as a second config ('rejected')."),
+             revision: str | None = typer.Option(None, help="Branch to push to."),
+             license: str | None = typer.Option(None, help="License id for the card (e.g. cc-by-4.0, apache-2.0); "
+                                                "without it the card says 'other' and that the sources' terms apply."),
+             language: str | None = typer.Option(None, help="Comma-separated language codes for the card "
+                                                 "(default: read from the stage's configuration)."),
+             task_category: str | None = typer.Option(None, help="Comma-separated Hub task categories "
+                                                      "(default: from the stage and whether rows carry images).")) -> None:
+    """Upload a shard directory as a Hugging Face dataset with a dataset card and typed features."""
+    from lrpipe.hub import push
+
+    def _list(v: str | None) -> list[str] | None:
+        return [x.strip() for x in v.split(",") if x.strip()] if v else None
+
+    where = push(path, repo_id, dry_run=dry_run, fmt=fmt, private=private, include_rejected=include_rejected,
+                 revision=revision, license=license, languages=_list(language),
+                 task_categories=_list(task_category))
+    typer.echo(where)
+
+
+
+@models_app.command("prepare")
+@cli_errors
+def models_prepare(force: bool = typer.Option(False, help="Convert again even if cached.")) -> None:
+    """Convert the embedded SmolLM2-135M-Instruct GGUF once into an HF folder in the cache."""
+    from lrpipe.models import prepare_embedded_model
+
+    typer.echo(str(prepare_embedded_model(force=force)))
+
+
+
+@models_app.command("path")
+@cli_errors
+def models_path() -> None:
+    """Print the cache folder of the embedded model (converting it if needed)."""
+    models_prepare(force=False)

@@ -1,0 +1,155 @@
+"""A translation recipe (YAML): what a row's item is, where it is, how it is prompted, sampled and checked."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "translate"
+
+
+FEWSHOT = Path(__file__).resolve().parents[2] / "fewshot" / "translate"
+
+
+CHECKS = ("parse", "count", "empty", "preserve", "span_repetition", "language")
+
+
+class MessageField(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    field: str
+    role: str
+
+
+class Fields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    #: the id column (``uuid``, ``question_id``); None: ``id`` or another usual id column, else an id
+    #: derived from the row's content (see :mod:`lrpipe.sources`)
+    id: str | None = None
+    # conversation items
+    messages: list[MessageField] | None = None
+    conversation: str | None = None
+    # qa items
+    question: str | None = None
+    answer: str | None = None
+    answers: str | None = None
+    answer_key: str | None = None  # answers are dicts (VQAv2): the key holding the text
+
+
+class RecipeSampling(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.15, gt=0, le=1)
+    #: the cap; each row gets ``min(cap, output_factor × source tokens + output_margin)``, and never
+    #: more than the model's context leaves after the prompt
+    max_tokens: int = Field(2048, gt=0)
+    output_factor: float = Field(2.0, gt=0)
+    output_margin: int = Field(64, ge=0)
+    repetition_penalty: float = 1.0
+
+
+class Recipe(BaseModel):
+    """A translation recipe, validated; errors name the file and the field."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+    kind: Literal["conversation", "qa"]
+    mode: Literal["completion", "chat"]
+    format: Literal["json", "text"] = "json"
+    model: str | None = None
+    source_lang: str = "en"
+    target_lang: str = "eu"
+    #: names used in prompts (default: the built-in table of ISO codes, :mod:`lrpipe.languages`)
+    source_name: str | None = None
+    target_name: str | None = None
+    style: str | None = None
+    input: str | None = None
+    #: the split of an ``hf://`` input (benchmarks: the split the study evaluated on)
+    split: str | None = None
+    #: rows kept before sampling: ``{column: regex}``, every regex must match the column's text
+    #: (PixMo-CapQA: answers starting with yes/no)
+    select: dict[str, str] = Field(default_factory=dict)
+    fields: Fields
+    answers_count: int | None = None
+    fewshot: str | None = None
+    system_prompt: str = "system"
+    user_prompt: str = "user"
+    completion_prompt: str = "completion"
+    benchmark: bool = False
+    sample: int | None = None
+    sampling: RecipeSampling = Field(default_factory=RecipeSampling)
+    retries: int = 3
+    seed: int = 0
+    checks: list[str] = Field(default_factory=lambda: list(CHECKS))
+    language_candidates: list[str] | None = None
+    output_ratio: float = 1.3  # target/source tokens, for --dry-run estimates
+
+    def model_post_init(self, _: Any) -> None:
+        bad = [c for c in self.checks if c not in CHECKS]
+        if bad:
+            raise ValueError(f"unknown checks {bad}; available: {', '.join(CHECKS)}")
+        for col, rx in self.select.items():
+            try:
+                re.compile(rx)
+            except re.error as e:
+                raise ValueError(f"select.{col}: invalid regex ({e})") from e
+        if self.sample is not None and self.sample < 0:
+            raise ValueError("sample must be >= 0 (0: every row)")
+        f = self.fields
+        if self.kind == "conversation":
+            if bool(f.messages) == bool(f.conversation):
+                raise ValueError("a conversation recipe needs exactly one of fields.messages and fields.conversation")
+            if self.format != "json":
+                raise ValueError("conversations are translated in the json format")
+        else:
+            if not f.question:
+                raise ValueError("a qa recipe needs fields.question")
+            if f.answer and f.answers:
+                raise ValueError("give fields.answer (one string) or fields.answers (a list), not both")
+
+    def input_columns(self) -> list[str]:
+        """Columns every input must have (the id column is not one: rows without it get derived ids)."""
+        f = self.fields
+        cols = [f.conversation] if f.conversation else [m.field for m in f.messages or []]
+        cols += [c for c in (f.question, f.answer, f.answers) if c]
+        return [c for c in cols if c] + list(self.select)
+
+    def output_column(self, col: str) -> str:
+        return f"{col}_{self.target_lang}"
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str, **overrides: Any) -> Recipe:
+    """A shipped recipe by name, or a YAML file by path; ``overrides`` (None values ignored) win."""
+    from lrpipe.config_files import load
+
+    def update(doc: dict[str, Any], _path: Path) -> None:
+        for k, v in overrides.items():
+            if v is None:
+                continue
+            if k in RecipeSampling.model_fields:
+                doc.setdefault("sampling", {})[k] = v
+            elif k == "id_field":
+                doc.setdefault("fields", {})["id"] = v
+            else:
+                doc[k] = v
+
+    return load(Recipe, name_or_path, RECIPES, kind="recipe", update=update)
+
+
+def recipe_table() -> str:
+    """``pipe translate --list``: each shipped recipe with its mode, kind, languages, fields and model."""
+    lines = []
+    for name in list_recipes():
+        r = load_recipe(name)
+        lines.append(f"{name:21s} {r.mode:10s} {r.kind:12s} {r.source_lang}->{r.target_lang}  "
+                     f"fields={','.join(r.input_columns())}  model={r.model}"
+                     + (f"  split={r.split}" if r.split else "") + (f"  sample={r.sample}" if r.sample else "")
+                     + (f"  select={r.select}" if r.select else ""))
+    return "\n".join(lines)
