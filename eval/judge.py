@@ -28,7 +28,7 @@ from lrpipe.chat import chat_prompt_ids
 from lrpipe.engines.base import Engine, GenRequest, GenResult, Sampling
 from lrpipe.errors import InputError
 from lrpipe.prompting import load_prompt, prompt_root
-from lrpipe.runner import GenerationStage, UnitOutput
+from lrpipe.runner import Attempts, GenerationStage, UnitOutput
 from lrpipe.shards import REJECT_DETAIL, REJECT_REASON, UnitSpec
 from lrpipe.sources import read_table
 
@@ -148,15 +148,15 @@ class JudgeStage(GenerationStage):
 
     def requests(self, unit: UnitSpec) -> tuple[Any, list[GenRequest]]:
         by_id = self.by_id
-        ctx: dict[str, Any] = {"pairs": self._pairs(unit), "verdicts": {}, "attempts": {}, "missing": {}}
+        ctx: dict[str, Any] = {"pairs": self._pairs(unit), "verdicts": {}, "attempts": Attempts(self.retries),
+                               "missing": {}}
         reqs = []
         for k, (qid, a, b) in enumerate(ctx["pairs"]):
             if qid not in self.answers[a] or qid not in self.answers[b]:
                 ctx["missing"][k] = [m for m in (a, b) if qid not in self.answers[m]]
                 continue
             for order, (x, y) in enumerate(((a, b), (b, a))):
-                ctx["attempts"][(k, order)] = 0
-                reqs.append(self._request(unit, k, order, 0, by_id[qid], x, y))
+                reqs.append(self._request(unit, k, order, ctx["attempts"].start((k, order)), by_id[qid], x, y))
         return ctx, reqs
 
     def parse(self, res: GenResult) -> dict[str, str] | None:
@@ -174,17 +174,17 @@ class JudgeStage(GenerationStage):
     def review(self, unit: UnitSpec, context: Any, results: dict[Any, GenResult]) -> list[GenRequest]:
         by_id = self.by_id
         more = []
-        for (k, order), attempt in context["attempts"].items():
+        attempts: Attempts = context["attempts"]
+        for (k, order), attempt in list(attempts.items()):
             if (k, order) in context["verdicts"]:
                 continue
             v = self.parse(results[(k, order, attempt)])
             if v is not None:
                 context["verdicts"][(k, order)] = v
-            elif attempt < self.retries:
-                context["attempts"][(k, order)] = attempt + 1
+            elif (nxt := attempts.again((k, order))) is not None:
                 qid, a, b = context["pairs"][k]
                 x, y = (a, b) if order == 0 else (b, a)
-                more.append(self._request(unit, k, order, attempt + 1, by_id[qid], x, y))
+                more.append(self._request(unit, k, order, nxt, by_id[qid], x, y))
         return more
 
     def finalize(self, unit: UnitSpec, context: Any, results: dict[Any, GenResult]) -> UnitOutput:
@@ -218,4 +218,4 @@ class JudgeStage(GenerationStage):
         judged = len(context["pairs"]) - len(rejected)
         return UnitOutput(kept=kept, rejected=pa.Table.from_pylist(rejected, schema=rej_schema),
                           rows_in=len(context["pairs"]), rows_consumed=judged,
-                          stats={"pairs_judged": judged, "requests": sum(a + 1 for a in context["attempts"].values())})
+                          stats={"pairs_judged": judged, "requests": context["attempts"].tries()})

@@ -90,6 +90,32 @@ def with_source_rejects(stage: Stage, unit: UnitSpec, out: UnitOutput) -> UnitOu
     return out
 
 
+class Attempts(dict):
+    """Retry rounds of a generation stage's items (a translated row, one order of a judged pair):
+    ``attempts[key]`` is the item's latest attempt (0: the first try). :meth:`again` starts the next
+    one when the item may be asked again (fewer than ``retries`` retries so far, and its last failure
+    not final); a stage's ``review`` calls it for each failed item and queues a request with that
+    attempt number (which also seeds the request, so a retry samples differently)."""
+
+    def __init__(self, retries: int) -> None:
+        super().__init__()
+        self.retries = retries
+
+    def start(self, key: Any) -> int:
+        self[key] = 0
+        return 0
+
+    def again(self, key: Any, final: bool = False) -> int | None:
+        if final or self[key] >= self.retries:
+            return None
+        self[key] += 1
+        return self[key]
+
+    def tries(self, key: Any = None) -> int:
+        """Requests made: for one item, or for all."""
+        return self[key] + 1 if key is not None else sum(a + 1 for a in self.values())
+
+
 class MapStage(Stage):
     def process(self, unit: UnitSpec) -> UnitOutput:
         raise NotImplementedError

@@ -140,3 +140,13 @@ def test_uncommitted_unit_and_temporaries_are_redone(tmp_path):
     assert st.calls == [2]
     assert not [f for f in os.listdir(out / "data") if ".tmp." in f]
     assert ShardDir.open(out).manifest()["totals"]["rows_in"] == 50
+
+
+def test_attempts_count_retries_and_stop_at_final_failures():
+    from lrpipe.runner import Attempts
+
+    a = Attempts(retries=2)
+    assert a.start("x") == 0 and a.start("y") == 0
+    assert a.again("x") == 1 and a.again("x") == 2 and a.again("x") is None  # 1 try + 2 retries
+    assert a.again("y", final=True) is None and a["y"] == 0  # a final failure (cut at its budget): no retry
+    assert a.tries("x") == 3 and a.tries() == 4

@@ -16,7 +16,7 @@ from lrpipe.pipelines.translate.checks import FINAL_REASONS, Checker
 from lrpipe.pipelines.translate.items import extract, schema_for
 from lrpipe.pipelines.translate.prompts import PromptBuilder, load_shots
 from lrpipe.pipelines.translate.recipe import Recipe
-from lrpipe.runner import GenerationStage, MapStage, UnitOutput
+from lrpipe.runner import Attempts, GenerationStage, MapStage, UnitOutput
 from lrpipe.seeding import seed_for
 from lrpipe.shards import REJECT_DETAIL, REJECT_REASON, UnitSpec
 from lrpipe.sources import Source
@@ -106,7 +106,6 @@ class SampleStage(MapStage):
 class _Row:
     item: Any
     max_tokens: int = 0
-    attempts: int = 0
     translation: Any = None
     reason: str = ""
     detail: str = ""
@@ -167,14 +166,14 @@ class TranslateStage(GenerationStage):
             budget = min(budget, self.context - prompt_len)
         return budget
 
-    def _request(self, i: int, rid: str, st: _Row, prompt: list[int]) -> GenRequest:
+    def _request(self, i: int, rid: str, st: _Row, prompt: list[int], attempt: int) -> GenRequest:
         s = self.recipe.sampling
         sampling = Sampling(temperature=s.temperature, top_p=s.top_p, max_tokens=st.max_tokens,
                             repetition_penalty=s.repetition_penalty,
-                            seed=seed_for(self.recipe.seed, "translate", rid, st.attempts),
+                            seed=seed_for(self.recipe.seed, "translate", rid, attempt),
                             stop=self.prompts.stop(),
                             json_schema=schema_for(st.item) if self.recipe.format == "json" else None)
-        return GenRequest(key=(i, st.attempts), prompt=prompt, sampling=sampling)
+        return GenRequest(key=(i, attempt), prompt=prompt, sampling=sampling)
 
     def requests(self, unit: UnitSpec) -> tuple[Any, list[GenRequest]]:
         table = self.source.read_unit(unit)
@@ -183,6 +182,7 @@ class TranslateStage(GenerationStage):
         bad: dict[int, tuple[str, str]] = {}
         prompts: dict[int, list[int]] = {}
         reqs = []
+        attempts = Attempts(self.recipe.retries)
         for i, row in enumerate(rows):
             try:
                 item = extract(row, self.recipe)
@@ -196,29 +196,32 @@ class TranslateStage(GenerationStage):
                                       f"{self.context}-token context for the translation")
                 continue
             states[i], prompts[i] = st, prompt
-            reqs.append(self._request(i, row["id"], st, prompt))
-        return {"table": table, "rows": rows, "states": states, "bad": bad, "prompts": prompts}, reqs
+            reqs.append(self._request(i, row["id"], st, prompt, attempts.start(i)))
+        return {"table": table, "rows": rows, "states": states, "bad": bad, "prompts": prompts,
+                "attempts": attempts}, reqs
 
     def _judge(self, ctx: dict[str, Any], results: dict[Any, GenResult]) -> None:
         """Check every row's newest result that has not been checked yet."""
         for i, st in ctx["states"].items():
-            if st.translation is not None or st.judged == st.attempts:
+            attempt = ctx["attempts"][i]
+            if st.translation is not None or st.judged == attempt:
                 continue
-            res = results.get((i, st.attempts))
+            res = results.get((i, attempt))
             if res is None:
                 continue
             text = (res.error or res.text) if res.finish_reason == "error" else res.text
             st.translation, st.reason, st.detail = self.checker(st.item, text, res.finish_reason,
                                                                 self.prompts.labels_tgt)
-            st.judged = st.attempts
+            st.judged = attempt
 
     def review(self, unit: UnitSpec, context: Any, results: dict[Any, GenResult]) -> list[GenRequest]:
         self._judge(context, results)
-        more = []
+        more, attempts = [], context["attempts"]
         for i, st in context["states"].items():
-            if st.translation is None and st.reason not in FINAL_REASONS and st.attempts < self.recipe.retries:
-                st.attempts += 1
-                more.append(self._request(i, context["rows"][i]["id"], st, context["prompts"][i]))
+            if st.translation is None:
+                nxt = attempts.again(i, final=st.reason in FINAL_REASONS)
+                if nxt is not None:
+                    more.append(self._request(i, context["rows"][i]["id"], st, context["prompts"][i], nxt))
         return more
 
     def finalize(self, unit: UnitSpec, context: Any, results: dict[Any, GenResult]) -> UnitOutput:
@@ -232,7 +235,7 @@ class TranslateStage(GenerationStage):
             if name in kept_t.column_names:
                 kept_t = kept_t.drop_columns([name])
             kept_t = kept_t.append_column(name, values)
-        kept_t = kept_t.append_column("translate_attempts", pa.array([states[i].attempts + 1 for i in kept], pa.int32()))
+        kept_t = kept_t.append_column("translate_attempts", pa.array([context["attempts"].tries(i) for i in kept], pa.int32()))
         reasons = {i: (st.reason, st.detail) for i, st in states.items() if st.translation is None}
         reasons.update(context["bad"])
         rej_idx = sorted(reasons)
@@ -241,7 +244,7 @@ class TranslateStage(GenerationStage):
         rej = rej.append_column(REJECT_DETAIL, pa.array([reasons[i][1][:300] for i in rej_idx], pa.string()))
         out = UnitOutput(kept=kept_t, rejected=rej, rows_in=table.num_rows)
         out.stats = {"output_tokens": sum(r.output_tokens for r in results.values()),
-                     "attempts": sum(st.attempts + 1 for st in states.values())}
+                     "attempts": context["attempts"].tries()}
         return out
 
     def _output_columns(self, kept: list[int], states: dict[int, _Row], rows: list[dict[str, Any]],
