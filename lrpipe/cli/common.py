@@ -42,10 +42,9 @@ def _global(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at 
             logging.getLogger().setLevel(logging.INFO)
 
 
-
 def open_engine(engine: str | None, model: str | None, tp: int, max_model_len: int | None,
-            gpu_memory_utilization: float | None, batch_size: int | None, base_url: list[str] | str | None,
-            dtype: str, max_num_seqs: int | None = None, pp: int = 1, **extra: Any) -> tuple[Any, str]:
+                gpu_memory_utilization: float | None, batch_size: int | None, base_url: list[str] | str | None,
+                dtype: str, max_num_seqs: int | None = None, pp: int = 1, **extra: Any) -> tuple[Any, str]:
     from lrpipe.devices import bind_rank_gpus
     from lrpipe.engines import default_engine, make_engine
     from lrpipe.models import DEFAULT_MODEL, resolve_model
@@ -79,7 +78,6 @@ def open_engine(engine: str | None, model: str | None, tp: int, max_model_len: i
         raise ModelError(f"{path}: the {engine or 'default'} engine cannot load this model "
                          f"({type(e).__name__}: {first[:300]}; PIPE_LOG=DEBUG shows the traceback)") from e
     return eng, model_id
-
 
 
 # Options shared by commands, declared once: ``tp: TP = 1`` in a signature. The engine options go on
@@ -117,13 +115,6 @@ Progress = Annotated[bool | None, typer.Option("--progress/--no-progress", help=
                                                "lines (batch log); default: on.")]
 
 
-def openai_options(api_key: str | None, max_concurrency: int, served_model_name: str | None, openai_api: str,
-            json_format: str) -> dict[str, Any]:
-    return {"api_key": api_key, "max_concurrency": max_concurrency, "served_model": served_model_name,
-            "api": openai_api, "json_format": json_format}
-
-
-
 def replicate(dp: int, rank: int | None, world_size: int | None, overwrite: bool) -> None:
     """``--dp N``: in the process the user started, run N replicas of this command (ranks of their own)
     and exit with their code; in a replica, or with N = 1, do nothing."""
@@ -134,7 +125,6 @@ def replicate(dp: int, rank: int | None, world_size: int | None, overwrite: bool
     if overwrite:
         raise PipeError("--overwrite with --dp: each replica would clear the others' output; delete --out first")
     raise typer.Exit(spawn_replicas(dp, rank, world_size))
-
 
 
 def fail(e: PipeError) -> None:
@@ -202,8 +192,8 @@ class EngineOptions:
         replicate(self.dp, run.rank, run.world_size, run.overwrite)
         return open_engine(self.engine, model, self.tp, self.max_model_len, self.gpu_memory_utilization,
                            self.batch_size, self.base_url, self.dtype, self.max_num_seqs, pp=self.pp,
-                           **openai_options(self.api_key, self.max_concurrency, self.served_model_name,
-                                            self.openai_api, self.json_format))
+                           api_key=self.api_key, max_concurrency=self.max_concurrency,
+                           served_model=self.served_model_name, api=self.openai_api, json_format=self.json_format)
 
 
 _GROUPS: dict[str, tuple[type, dict[str, Any]]] = {

@@ -65,7 +65,6 @@ def run_magpie_cmd(
     typer.echo(f"shards: {final}/data/*.arrow   (inspect: pipe show {final})")
 
 
-
 @app.command("filter")
 @cli_errors
 @options("run", "engine")
@@ -106,7 +105,6 @@ def filter_cmd(
         if eng is not None:
             eng.close()
     typer.echo(f"{rep.out}: {rep.rows_out} kept, {rep.rows_rejected} rejected")
-
 
 
 # ------------------------------------------------------------------------------------------ translate
@@ -151,7 +149,6 @@ register_group("recipe_options", RecipeOverrides, {
     "tgt_name": Annotated[str | None, typer.Option("--tgt-name", help="Target language name used in prompts (for "
                                                    "codes the built-in table lacks).")],
 })
-
 
 
 @app.command("translate")
@@ -218,7 +215,6 @@ def translate_cmd(
     typer.echo(f"inspect: pipe show {rep.out}")
 
 
-
 @app.command("mt")
 @cli_errors
 @options("run")
@@ -265,7 +261,6 @@ def mt_cmd(
     typer.echo(f"{rep.out}: {rep.rows_out} translated, {rep.rows_rejected} rejected")
 
 
-
 @app.command("images")
 @cli_errors
 @options("run")
@@ -304,7 +299,6 @@ def images_cmd(
     stage = ImagesStage(source, fetcher, url_field=url, sha256_field=sha, out_field=field, concurrency=concurrency)
     rep = run_stage(stage, out, **run.kwargs())
     typer.echo(f"{rep.out}: {rep.rows_out} rows with images, {rep.rows_rejected} rejected   (inspect: pipe show {rep.out})")
-
 
 
 @app.command("pack")
@@ -357,7 +351,6 @@ def pack_cmd(
     typer.echo(f"{rep.out}: {rep.rows_out} packed rows, {rep.rows_rejected} rejected   (inspect: pipe show {rep.out})")
 
 
-
 @app.command("mix")
 @cli_errors
 @options("run")
@@ -400,7 +393,5 @@ def mix_cmd(
     rec = load_mix_recipe(recipe, target_share=target_share, seed=seed, tokenizer=tokenizer)
     rep = build_mix(rec, out, **opts)
     typer.echo(f"{rep.out}: {rep.rows_out} rows   (inspect: pipe show {rep.out})")
-
-
 
 

@@ -40,7 +40,6 @@ def arena_cmd(
     typer.echo(f"{out}: {len(res['groups'])} rating tables and figures")
 
 
-
 @app.command("judge")
 @cli_errors
 @options("run", "engine")
@@ -80,7 +79,6 @@ def judge_cmd(
                f"(rate: pipe arena {rep.out} --out DIR)")
 
 
-
 @eval_app.command("mm")
 @cli_errors
 def eval_mm(
@@ -105,7 +103,6 @@ def eval_mm(
     results = run_eval_mm(model, [t.strip() for t in tasks.split(",") if t.strip()], lang_list, data, out,
                           limit=limit, batch_size=batch_size, source_lang=lang_list[0], backend=backend)
     typer.echo(report_markdown(results, lang_list))
-
 
 
 @eval_app.command("text")
@@ -153,7 +150,6 @@ def eval_text(
     typer.echo(results_markdown(res))
 
 
-
 @eval_app.command("report")
 @cli_errors
 def eval_report(
@@ -164,7 +160,6 @@ def eval_report(
     from lrpipe.eval.report import run_report
 
     typer.echo(run_report(list(runs), out))
-
 
 
 @eval_app.command("correlate")
@@ -180,7 +175,6 @@ def eval_correlate(
     from lrpipe.eval.agreement import correlate_files
 
     typer.echo(json.dumps(correlate_files(benchmarks, arena, group, rounds=rounds, seed=seed), indent=2))
-
 
 
 @eval_app.command("safety")

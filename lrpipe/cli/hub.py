@@ -24,7 +24,6 @@ def show_cmd(path: Path = typer.Argument(..., help="A shard directory, or a fold
     typer.echo(describe(path, as_json, units))
 
 
-
 @app.command("push")
 @cli_errors
 def push_cmd(path: Path = typer.Argument(..., help="Shard directory to upload."),
@@ -52,7 +51,6 @@ def push_cmd(path: Path = typer.Argument(..., help="Shard directory to upload.")
     typer.echo(where)
 
 
-
 @models_app.command("prepare")
 @cli_errors
 def models_prepare(force: bool = typer.Option(False, help="Convert again even if cached.")) -> None:
@@ -60,7 +58,6 @@ def models_prepare(force: bool = typer.Option(False, help="Convert again even if
     from lrpipe.models import prepare_embedded_model
 
     typer.echo(str(prepare_embedded_model(force=force)))
-
 
 
 @models_app.command("path")

@@ -26,7 +26,6 @@ def _train_overrides(**kw: Any) -> dict[str, Any]:
     return kw
 
 
-
 T = {
     "data": typer.Option(None, help="Training data: pipe pack output (text) or a pipe mix directory (mllm)."),
     "model": typer.Option(None, help="HF id or folder (or a config.json with --init random)."),
@@ -65,7 +64,6 @@ T = {
 }
 
 
-
 def _run_training(kind: str, recipe: Path | None, stage: int | None, overrides: dict[str, Any]) -> None:
     from lrpipe.training.config import load_config
 
@@ -86,7 +84,6 @@ def _run_training(kind: str, recipe: Path | None, stage: int | None, overrides: 
         fail(e)
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(json.dumps(res))
-
 
 
 @train_app.command("text")
@@ -111,7 +108,6 @@ def train_text(
     folder's latest checkpoint by itself. Multi-GPU: torchrun --nproc_per_node 8 --no-python pipe train text ..."""
     ov = _train_overrides(**{k: v for k, v in locals().items() if k != "recipe"})
     _run_training("text", recipe, None, ov)
-
 
 
 @train_app.command("mllm")
@@ -141,7 +137,6 @@ def train_mllm(
     _run_training("mllm", recipe, stage, ov)
 
 
-
 def _bytes(size: str) -> int:
     """``5GB``, ``500MB``, ``1000000`` → bytes (decimal units, as save_pretrained)."""
     import re
@@ -151,7 +146,6 @@ def _bytes(size: str) -> int:
         raise PipeError(f"--max-shard-size {size!r}: use a size such as 5GB or 500MB")
     unit = {"": 1, "B": 1, "KB": 1e3, "K": 1e3, "MB": 1e6, "M": 1e6, "GB": 1e9, "G": 1e9, "TB": 1e12, "T": 1e12}
     return int(float(m.group(1)) * unit[m.group(2)])
-
 
 
 @train_app.command("export")
