@@ -47,6 +47,16 @@ KEY_SCHEMA = pa.schema([("hash", pa.uint64()), ("id", pa.string()), ("unit", pa.
 LOSER_SCHEMA = pa.schema([("id", pa.string()), ("unit", pa.int32()), ("winner", pa.string())])
 
 
+def sorted_groups(t: pa.Table, key: str) -> tuple[pa.Table, np.ndarray]:
+    """``t`` sorted by (``key``, ``id``) and, for each row, the index of its group's first row: the
+    row that survives its group, the same one on every run and for every rank count."""
+    t = t.take(pc.sort_indices(t, sort_keys=[(key, "ascending"), ("id", "ascending")]))
+    h = t.column(key).to_numpy()
+    first = np.ones(len(h), dtype=bool)
+    first[1:] = h[1:] != h[:-1]
+    return t, np.maximum.accumulate(np.where(first, np.arange(len(h)), 0))
+
+
 class GlobalFilter(Filter):
     """A filter whose verdict on a row depends on other rows: ``prepare`` writes, under ``workdir``,
     ``losers/*.arrow`` files with an ``id`` column and a ``detail`` (or ``winner``) column; a row is
@@ -139,12 +149,8 @@ class Dedup(GlobalFilter):
                 parts.append(pa.Table.from_batches([ipc.open_file(src).get_batch(k)]))
         t = pa.concat_tables(parts) if parts else KEY_SCHEMA.empty_table()
         if t.num_rows:
-            t = t.take(pc.sort_indices(t, sort_keys=[("hash", "ascending"), ("id", "ascending")]))
-            h = t.column("hash").to_numpy()
-            first = np.ones(len(h), dtype=bool)
-            first[1:] = h[1:] != h[:-1]
-            group_start = np.maximum.accumulate(np.where(first, np.arange(len(h)), 0))
-            losers = np.flatnonzero(~first)
+            t, group_start = sorted_groups(t, "hash")
+            losers = np.flatnonzero(group_start != np.arange(len(group_start)))
             ids = t.column("id")
             res = pa.table({"id": pc.take(ids, pa.array(losers, pa.int64())),
                             "unit": pc.take(t.column("unit"), pa.array(losers, pa.int64())),

@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from lrpipe.filters.base import register
-from lrpipe.filters.dedup import GlobalFilter
+from lrpipe.filters.dedup import GlobalFilter, sorted_groups
 from lrpipe.filters.text import normalize
 from lrpipe.phases import run_phase
 from lrpipe.shards import write_table
@@ -201,12 +201,8 @@ class NearDup(GlobalFilter):
         if t.num_rows < 2:
             write_table(out, empty)
             return
-        t = t.take(pc.sort_indices(t, sort_keys=[("h", "ascending"), ("id", "ascending")]))
-        h = t.column("h").to_numpy()
-        first = np.ones(len(h), dtype=bool)
-        first[1:] = h[1:] != h[:-1]
-        head = np.maximum.accumulate(np.where(first, np.arange(len(h)), 0))
-        members = np.flatnonzero(~first)
+        t, head = sorted_groups(t, "h")
+        members = np.flatnonzero(head != np.arange(len(head)))
         heads = head[members]
         fcol, rcol = t.column("f").to_numpy(), t.column("r").to_numpy()
 

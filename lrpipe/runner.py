@@ -20,13 +20,14 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
 from lrpipe.engines.base import WAIT, Engine, GenRequest, GenResult, Wait
+from lrpipe.errors import RowError
 from lrpipe.parallel import fork_map
 from lrpipe.shards import ShardDir, UnitSpec
 
@@ -88,6 +89,24 @@ def with_source_rejects(stage: Stage, unit: UnitSpec, out: UnitOutput) -> UnitOu
         out.rejected = pa.concat_tables([out.rejected, extra], promote_options="permissive")
     out.rows_in += extra.num_rows
     return out
+
+
+T = TypeVar("T")
+
+
+def parse_rows(rows: list[dict[str, Any]], parse: Callable[[dict[str, Any]], T],
+               unit: UnitSpec) -> tuple[dict[int, T], dict[int, tuple[str, str]]]:
+    """``parse`` over a unit's rows: the parsed values by row index, and the rows it refused (a
+    ``ValueError``, :class:`~lrpipe.errors.RowError` included) as ``bad_input`` with the unit and row
+    in the detail. A malformed row is a rejected row, never a failed unit."""
+    parsed: dict[int, T] = {}
+    bad: dict[int, tuple[str, str]] = {}
+    for i, row in enumerate(rows):
+        try:
+            parsed[i] = parse(row)
+        except (ValueError, RowError) as e:
+            bad[i] = ("bad_input", f"{unit.name} row {i}: {e}")
+    return parsed, bad
 
 
 class Attempts(dict):

@@ -163,6 +163,24 @@ def _with_reject(schema: pa.Schema) -> pa.Schema:
     return schema.append(pa.field(REJECT_REASON, pa.string())).append(pa.field(REJECT_DETAIL, pa.string()))
 
 
+def _unit_output(rows: list[tuple[dict[str, Any], GenResult]], text_field: str,
+                 schema: pa.Schema) -> UnitOutput:
+    """A generation unit's rows split into kept and rejected: a failed result (engine error, cut at
+    ``max_tokens``, empty) is rejected with its reason and the raw, unstripped text in ``text_field``."""
+    kept, rejected = [], []
+    for row, res in rows:
+        why = _reject_reason(res)
+        if why:
+            row[REJECT_REASON], row[REJECT_DETAIL] = why
+            row[text_field] = res.text
+            rejected.append(row)
+        else:
+            kept.append(row)
+    return UnitOutput(kept=pa.Table.from_pylist(kept, schema),
+                      rejected=pa.Table.from_pylist(rejected, _with_reject(schema)), rows_in=len(rows),
+                      stats={"output_tokens": sum(res.output_tokens for _, res in rows)})
+
+
 def _reject_reason(res: GenResult) -> tuple[str, str] | None:
     if res.finish_reason == "error":
         return "engine_error", (res.error or "")[:500]
@@ -246,24 +264,15 @@ class SampleStage(GenerationStage):
 
     def finalize(self, unit: UnitSpec, context: Any, results: dict[Any, GenResult]) -> UnitOutput:
         p = unit.params
-        kept, rejected = [], []
+        rows = []
         for rid in sorted(results):
             res = results[rid]
             row = {"id": rid, "category": p["category"], "system_prompt": self.system_prompts[p["category"]] or "",
                    "instruction": res.text.strip(), "temperature": p["temperature"], "top_p": self.cfg.top_p,
                    "seed": seed_for(self.cfg.seed, "instruction", rid), "model": self.model_id,
                    "instruction_finish_reason": res.finish_reason, "instruction_tokens": res.output_tokens}
-            why = _reject_reason(res)
-            if why:
-                row[REJECT_REASON], row[REJECT_DETAIL] = why
-                row["instruction"] = res.text
-                rejected.append(row)
-            else:
-                kept.append(row)
-        return UnitOutput(kept=pa.Table.from_pylist(kept, SAMPLE_SCHEMA),
-                          rejected=pa.Table.from_pylist(rejected, _with_reject(SAMPLE_SCHEMA)),
-                          rows_in=len(results),
-                          stats={"output_tokens": sum(r.output_tokens for r in results.values())})
+            rows.append((row, res))
+        return _unit_output(rows, "instruction", SAMPLE_SCHEMA)
 
 
 class RespondStage(GenerationStage):
@@ -306,7 +315,7 @@ class RespondStage(GenerationStage):
 
     def finalize(self, unit: UnitSpec, context: Any, results: dict[Any, GenResult]) -> UnitOutput:
         r = self.cfg.response
-        kept, rejected = [], []
+        rows = []
         for row in context:
             res = results[row["id"]]
             out = dict(row)
@@ -317,17 +326,8 @@ class RespondStage(GenerationStage):
             out.update(response=res.text.strip(), conversation=msgs, response_temperature=r.temperature,
                        response_top_p=r.top_p, response_seed=seed_for(self.cfg.seed, "response", row["id"]),
                        response_finish_reason=res.finish_reason, response_tokens=res.output_tokens)
-            why = _reject_reason(res)
-            if why:
-                out[REJECT_REASON], out[REJECT_DETAIL] = why
-                out["response"] = res.text
-                rejected.append(out)
-            else:
-                kept.append(out)
-        return UnitOutput(kept=pa.Table.from_pylist(kept, RESPOND_SCHEMA),
-                          rejected=pa.Table.from_pylist(rejected, _with_reject(RESPOND_SCHEMA)),
-                          rows_in=len(context),
-                          stats={"output_tokens": sum(x.output_tokens for x in results.values())})
+            rows.append((out, res))
+        return _unit_output(rows, "response", RESPOND_SCHEMA)
 
 
 STEPS = ("sample", "respond", "filter")

@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from lrpipe import chat
 from lrpipe.errors import PipeError, RowError
-from lrpipe.runner import MapStage, UnitOutput
+from lrpipe.runner import MapStage, UnitOutput, parse_rows
 from lrpipe.shards import REJECT_DETAIL, REJECT_REASON, UnitSpec
 from lrpipe.sources import Source
 
@@ -317,19 +317,14 @@ class PackStage(MapStage):
     def docs_of(self, table: pa.Table, unit: UnitSpec) -> tuple[list[Doc], dict[int, tuple[str, str]]]:
         """The unit's documents in row order (conversations and split corpus documents) and the rows
         that cannot be packed, with their reason."""
-        bad: dict[int, tuple[str, str]] = {}
-        convs: dict[int, list[dict[str, str]]] = {}
-        texts: dict[int, str] = {}
         rows = table.to_pylist()
+        found, bad = parse_rows(rows, lambda r: conversation_of(r, self.conv), unit)
+        convs = {i: msgs for i, msgs in found.items() if msgs is not None}
+        texts: dict[int, str] = {}
         for i, r in enumerate(rows):
-            try:
-                msgs = conversation_of(r, self.conv)
-            except RowError as e:
-                bad[i] = ("bad_input", f"{unit.name} row {i}: {e}")
+            if i in bad or i in convs:
                 continue
-            if msgs is not None:
-                convs[i] = msgs
-            elif isinstance(r.get(self.text), str):
+            if isinstance(r.get(self.text), str):
                 texts[i] = r[self.text]
             else:
                 what = f"'{self.conv}'" if self.conv else "a conversation (conversation/conversations/messages)"

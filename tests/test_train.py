@@ -114,10 +114,15 @@ def _env(**extra):
     return env
 
 
+def entry(kill_at: int | None = None) -> list[str]:
+    """What torchrun starts: ``pipe train``, or the same with rank 0 killed (-9) after step ``kill_at``."""
+    return ["-m", "lrpipe.training"] if kill_at is None else [str(ROOT / "tests" / "train_kill.py"), str(kill_at)]
+
+
 def torchrun(run: Path, data: Path, model: Path, *extra: str, nproc: int = 2, env: dict | None = None,
-             check: bool = True, **popen) -> subprocess.CompletedProcess:
+             check: bool = True, kill_at: int | None = None) -> subprocess.CompletedProcess:
     cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "lrpipe.training", "text", "--data", str(data), "--model", str(model), "--out", str(run), *ARGS,
+           *entry(kill_at), "text", "--data", str(data), "--model", str(model), "--out", str(run), *ARGS,
            *extra]
     res = subprocess.run(cmd, env=env or _env(), capture_output=True, text=True, timeout=600)
     if check:
@@ -170,7 +175,7 @@ def test_two_ranks_train_and_match_one_rank(fixture_dir, full_run):
 def test_kill_9_and_resume_reproduce_the_uninterrupted_curve(fixture_dir, full_run):
     root, model, data = fixture_dir
     run = root / "killed"
-    res = torchrun(run, data, model, env=_env(PIPE_TRAIN_KILL_AT_STEP="6"), check=False)
+    res = torchrun(run, data, model, kill_at=6, check=False)
     assert res.returncode != 0
     assert [p.name for p in (run / "checkpoints").glob("step_*")] == ["step_00000004"]
     torchrun(run, data, model)  # same command: picks up the latest checkpoint by itself
@@ -204,7 +209,8 @@ def test_sigterm_on_one_rank_saves_on_both_and_resumes(fixture_dir):
     ck = sorted((run / "checkpoints").glob("step_*"))
     assert [p.name for p in ck] == [f"step_{stopped:08d}"]
     assert sorted(p.name for p in ck[0].glob("extra_rank*.pt")) == ["extra_rank0.pt", "extra_rank1.pt"]
-    res = subprocess.run(cmd, env=_env(PIPE_TRAIN_KILL_AT_STEP=str(stopped + 1)), capture_output=True, text=True,
+    rerun = [*cmd[:6], *entry(kill_at=stopped + 1), *cmd[8:]]
+    res = subprocess.run(rerun, env=_env(), capture_output=True, text=True,
                          timeout=600)
     assert res.returncode != 0  # killed on purpose right after its first step
     resume = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if '"resume"' in x]
@@ -272,7 +278,7 @@ def test_deepspeed_zero3_matches_fsdp2_and_resumes(fixture_dir, full_run):
 
     root, model, data = fixture_dir
     run = root / "deepspeed"
-    res = torchrun(run, data, model, "--parallel", "deepspeed", env=_env(PIPE_TRAIN_KILL_AT_STEP="6"), check=False)
+    res = torchrun(run, data, model, "--parallel", "deepspeed", kill_at=6, check=False)
     assert res.returncode != 0
     assert (run / "checkpoints" / "step_00000004" / "deepspeed").is_dir()
     torchrun(run, data, model, "--parallel", "deepspeed")
@@ -359,7 +365,7 @@ def test_report_to_wandb_and_tensorboard_across_a_restart(fixture_dir, full_run)
     run = root / "tracked"
     env = {k: v for k, v in _env().items() if not k.startswith("WANDB_")}
     env.update(PIPE_PROGRESS="1", PIPE_LOG_EVERY="0")
-    res = torchrun(run, data, model, "--report-to", "wandb,tensorboard", env={**env, "PIPE_TRAIN_KILL_AT_STEP": "6"},
+    res = torchrun(run, data, model, "--report-to", "wandb,tensorboard", env=env, kill_at=6,
                    check=False)
     assert res.returncode != 0
     res = torchrun(run, data, model, "--report-to", "wandb,tensorboard", "--run-name", "tiny", env=env)

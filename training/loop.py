@@ -150,7 +150,6 @@ def train(cfg: TrainConfig, task: Task) -> dict[str, Any]:
 
     # ---- the loop
     model.train()
-    kill_at = int(os.environ.get("PIPE_TRAIN_KILL_AT_STEP", "-1"))  # fault injection for the resume test
     stopped = None
     step = start
     for step in range(start, total):
@@ -185,8 +184,6 @@ def train(cfg: TrainConfig, task: Task) -> dict[str, Any]:
                             **({"mfu": f"{rec['mfu']:.1%}"} if "mfu" in rec else {}))
         if lines is not None:
             lines.update(step + 1, rec)
-        if step + 1 == kill_at and env.is_main:
-            os.kill(os.getpid(), 9)
         if stop or (step + 1) % cfg.save_every == 0 or step + 1 == total:
             backend.save(run, step + 1)
         if stop:

@@ -16,7 +16,7 @@ from lrpipe.pipelines.translate.checks import FINAL_REASONS, Checker
 from lrpipe.pipelines.translate.items import extract, schema_for
 from lrpipe.pipelines.translate.prompts import PromptBuilder, load_shots
 from lrpipe.pipelines.translate.recipe import Recipe
-from lrpipe.runner import Attempts, GenerationStage, MapStage, UnitOutput
+from lrpipe.runner import Attempts, GenerationStage, MapStage, UnitOutput, parse_rows
 from lrpipe.seeding import seed_for
 from lrpipe.shards import REJECT_DETAIL, REJECT_REASON, UnitSpec
 from lrpipe.sources import Source
@@ -178,17 +178,13 @@ class TranslateStage(GenerationStage):
     def requests(self, unit: UnitSpec) -> tuple[Any, list[GenRequest]]:
         table = self.source.read_unit(unit)
         rows = table.to_pylist()
+        items, bad = parse_rows(rows, lambda r: extract(r, self.recipe), unit)
         states: dict[int, _Row] = {}
-        bad: dict[int, tuple[str, str]] = {}
         prompts: dict[int, list[int]] = {}
         reqs = []
         attempts = Attempts(self.recipe.retries)
-        for i, row in enumerate(rows):
-            try:
-                item = extract(row, self.recipe)
-            except ValueError as e:
-                bad[i] = ("bad_input", f"{unit.name} row {i}: {e}")
-                continue
+        for i, item in items.items():
+            row = rows[i]
             prompt = self.prompts.ids(item)
             st = _Row(item, max_tokens=self.budget(item, len(prompt)))
             if st.max_tokens < 16:
