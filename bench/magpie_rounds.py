@@ -1,4 +1,4 @@
-"""Engine kept full vs. the original Magpie scripts' synchronous rounds (SPEC §10).
+"""Engine kept full vs. the synchronous rounds of the original Magpie generation scripts.
 
 Baseline: what the original Magpie generation scripts do — for each round, one pre-query prompt with
 ``SamplingParams(n=200)``, waiting for the slowest of the 200 samples before the next round starts, so

@@ -11,7 +11,15 @@ shape, 16 layers × 2048, 128k vocabulary; ``--shape tiny`` for CPUs). Data: syn
   the same micro batch, optimizer, precision and gradient checkpointing, and the same block-diagonal
   document mask (the same work: the headline ratio); also printed, the Trainer with the default causal
   mask over whole rows, which attends across documents (wrong for packed data, and on kernels where a
-  causal mask is cheaper than an explicit one, faster: ``ratio_vs_unmasked``).
+  causal mask is cheaper than an explicit one, faster: ``ratio_vs_unmasked``);
+* TRL (the strongest baseline, what a user would run for SFT): ``SFTTrainer`` with padding-free
+  packing (``packing=True``, BFD, ``padding_free=True``, ``max_length`` = the sequence length) on the
+  same documents (our packed rows split back at their ``seq_lens``), the same micro batch, optimizer,
+  precision and gradient checkpointing; FlashAttention-2 varlen on a GPU where ``flash_attn`` is
+  installed, else SDPA (transformers turns the restarting ``position_ids`` of the flattened batch
+  into a block-diagonal mask, so documents stay apart there too). Its tokens per step are counted at
+  the model's input (BFD packs close to, not exactly, our rows). The headline ratio is against TRL;
+  ``ratio_trainer`` is against the Trainer with our mask.
 
 Both report tokens/s per device; MFU = (6·N + attention FLOPs per token) × tokens/s / peak, with the
 peak from ``lrpipe.training.metrics.PEAK_TFLOPS`` (``--peak-tflops`` to override; none on CPU).
@@ -19,7 +27,7 @@ peak from ``lrpipe.training.metrics.PEAK_TFLOPS`` (``--peak-tflops`` to override
     .venv/bin/python bench/train_mfu.py                       # GPU: 1B shape, seq 8192, bf16
     .venv/bin/python bench/train_mfu.py --shape tiny --seq-len 1024 --steps 12   # CPU
 
-Last line: ``RESULT train-mfu ratio=<ours/trainer tokens per s> target=1.0 mfu=<ours> mfu_trainer=…``.
+Last line: ``RESULT train-mfu ratio=<ours/TRL tokens per s> target=1.0 mfu=<ours> mfu_trl=… ratio_trainer=…``.
 """
 
 from __future__ import annotations
@@ -149,6 +157,70 @@ def run_trainer(data: Path, model: Path, out: Path, a: argparse.Namespace, bf16:
     return {"tok_s": steady(timer.times, [n] * len(timer.times), a.warmup)}
 
 
+def run_trl(data: Path, model: Path, out: Path, a: argparse.Namespace, bf16: bool) -> dict:
+    """TRL's SFTTrainer, padding-free BFD packing, on the documents of our packed rows."""
+    import importlib.util
+
+    import datasets
+    import torch
+    from tokenizers import Tokenizer, models
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from lrpipe.training.data import PackedShards
+
+    shards = PackedShards(data)
+    docs = []
+    for i in range(len(shards)):
+        r = shards.row(i)
+        off = 0
+        for n in r["seq_lens"]:
+            docs.append({"input_ids": r["input_ids"][off:off + int(n)].tolist()})
+            off += int(n)
+    ds = datasets.Dataset.from_list(docs)
+    # a tokenizer only for its pad token: the rows are already token ids
+    vocab = AutoConfig.from_pretrained(model).vocab_size
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({f"t{k}": k for k in range(vocab)},
+                                                                              unk_token="t0")),
+                                  pad_token="t0", eos_token="t1")
+    gpu = torch.cuda.is_available()
+    attn = "flash_attention_2" if gpu and importlib.util.find_spec("flash_attn") else "sdpa"
+    torch.manual_seed(33)
+    m = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model), attn_implementation=attn,
+                                         dtype=torch.float32)
+    seen: list[int] = []
+    m.register_forward_pre_hook(lambda mod, args, kw: seen.append(int(kw["input_ids"].numel())), with_kwargs=True)
+
+    class Timer(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.tokens: list[int] = []
+            self.t0 = 0.0
+
+        def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001
+            if gpu:
+                torch.cuda.synchronize()
+            seen.clear()
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            if gpu:
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter() - self.t0)
+            self.tokens.append(sum(seen))
+
+    timer = Timer()
+    cfg = SFTConfig(output_dir=str(out), per_device_train_batch_size=a.micro_batch, max_steps=a.steps,
+                    learning_rate=1e-5, lr_scheduler_type="cosine", warmup_steps=0.1, weight_decay=0.1,
+                    adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, bf16=bf16, gradient_checkpointing=True,
+                    logging_steps=1, save_strategy="no", report_to=[], dataloader_num_workers=0, seed=33,
+                    disable_tqdm=True, use_cpu=not gpu, packing=True, packing_strategy="bfd", padding_free=True,
+                    max_length=shards.seq_len, dataset_num_proc=1)
+    SFTTrainer(model=m, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[timer]).train()
+    return {"tok_s": steady(timer.times, timer.tokens, a.warmup), "attn": attn,
+            "tokens_per_step": sum(timer.tokens) / max(len(timer.tokens), 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", choices=sorted(SHAPES), default=None)
@@ -175,11 +247,12 @@ def main() -> None:
         ours = run_ours(data, model, root / "ours", a)
         base = run_trainer(data, model, root / "trainer", a, bf16, masked=True)
         loose = run_trainer(data, model, root / "trainer-nomask", a, bf16, masked=False)
+        trl = run_trl(data, model, root / "trl", a, bf16)
 
-    # the same model FLOPs per token on both sides (ours: 6·N + attention within documents), so the
+    # the same model FLOPs per token on every side (ours: 6·N + attention within documents), so a
     # baseline's MFU is ours scaled by the throughput ratio
-    ratio = ours["tok_s"] / base["tok_s"]
-    mfu_base = ours["mfu"] / ratio
+    ratio = ours["tok_s"] / trl["tok_s"]
+    mfu_base, mfu_trl = ours["mfu"] * base["tok_s"] / ours["tok_s"], ours["mfu"] / ratio
     dev = torch.cuda.get_device_name() if gpu else "cpu"
     print(f"device {dev}  shape {a.shape}  seq {a.seq_len}  micro batch {a.micro_batch}  bf16 {bf16}  "
           f"steps {a.steps} (first {a.warmup} not timed)")
@@ -187,9 +260,13 @@ def main() -> None:
           "attends across documents)")
     print(f"transformers.Trainer   {base['tok_s']:10.0f} tokens/s/device   MFU {mfu_base:.1%}   "
           "(same document mask as ours)")
+    print(f"TRL SFTTrainer         {trl['tok_s']:10.0f} tokens/s/device   MFU {mfu_trl:.1%}   "
+          f"(padding-free BFD packing, {trl['attn']}, {trl['tokens_per_step']:.0f} tokens/step)")
     print(f"pipe train text        {ours['tok_s']:10.0f} tokens/s/device   MFU {ours['mfu']:.1%}")
-    print(f"RESULT train-mfu ratio={ratio:.3f} target=1.0 mfu={ours['mfu']:.4f} "
-          f"mfu_trainer={mfu_base:.4f} ratio_vs_unmasked={ours['tok_s'] / loose['tok_s']:.3f} device={dev.replace(' ', '_')} shape={a.shape} seq_len={a.seq_len}")
+    print(f"RESULT train-mfu ratio={ratio:.3f} target=1.0 mfu={ours['mfu']:.4f} mfu_trl={mfu_trl:.4f} "
+          f"ratio_trainer={ours['tok_s'] / base['tok_s']:.3f} mfu_trainer={mfu_base:.4f} "
+          f"ratio_vs_unmasked={ours['tok_s'] / loose['tok_s']:.3f} trl_attn={trl['attn']} "
+          f"device={dev.replace(' ', '_')} shape={a.shape} seq_len={a.seq_len}")
 
 
 if __name__ == "__main__":

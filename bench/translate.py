@@ -70,8 +70,8 @@ def main() -> None:
         return r
 
     class Unconstrained(tr.TranslateStage):
-        def _request(self, unit, i, rid, st):  # type: ignore[no-untyped-def]
-            q = super()._request(unit, i, rid, st)
+        def _request(self, *args, **kw):  # type: ignore[no-untyped-def]
+            q = super()._request(*args, **kw)
             return dataclasses.replace(q, sampling=dataclasses.replace(q.sampling, json_schema=None))
 
     def ours(constrained: bool, tag: str) -> tuple[int, float]:

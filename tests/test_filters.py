@@ -7,7 +7,7 @@ import pytest
 
 from lrpipe.filters.base import build_filter
 from lrpipe.filters.repetition import Repetition, max_consecutive_repeats, max_ngram_count
-from lrpipe.filters.text import fast_tokens, normalize
+from lrpipe.filters.text import fast_tokens, fast_tokens_array, normalize
 from lrpipe.pipelines.filter import FilterStage
 from lrpipe.runner import run_stage
 from lrpipe.shards import ShardDir
@@ -29,6 +29,11 @@ def test_normalize_and_tokens():
     assert fast_tokens("x=x=x") == ["x", "=", "x", "=", "x"]
     assert fast_tokens("😀😀") == ["😀", "😀"]
     assert fast_tokens("") == [] and fast_tokens(CJK)[:2] == ["你好", "，"]
+    # the single-text path (regex) and the batch path (Arrow kernels) agree token for token
+    texts = ["x=y; a\u00a0b\u2003c", "naïve ca\u0301fe\u0301 _x_ 3.14", "😀👍🏽 e-mail", "Kaixo, mundua!\n\tBai.",
+             "日本語のテキスト。", "مرحبا بالعالم", "\u200b zero\u200bwidth", CJK]
+    assert fast_tokens("  \n ") == []
+    assert [fast_tokens(t) for t in texts] == fast_tokens_array(pa.array(texts)).to_pylist()
 
 
 def test_unfinished_and_empty():
