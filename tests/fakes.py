@@ -119,14 +119,16 @@ class TranslatorServer:
                                   "finish_reason": "stop"}
                     else:
                         choice = {"index": 0, "text": out, "finish_reason": "stop"}
-                    self._send(200, {"id": "cmpl-test", "choices": [choice],
-                                     "usage": {"prompt_tokens": len(body.get("prompt") or "x" * 10),
-                                               "completion_tokens": len(out) // 4}})
+                    code, reply = 200, {"id": "cmpl-test", "choices": [choice],
+                                        "usage": {"prompt_tokens": len(body.get("prompt") or "x" * 10),
+                                                  "completion_tokens": len(out) // 4}}
                 except ValueError as e:
-                    self._send(400, {"error": {"message": str(e)}})
-                finally:
-                    with server.lock:
-                        server.inflight -= 1
+                    code, reply = 400, {"error": {"message": str(e)}}
+                # done before the reply leaves: a client that sends its next request the moment it reads
+                # this one must not find it still counted (a loaded machine made that race visible)
+                with server.lock:
+                    server.inflight -= 1
+                self._send(code, reply)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
