@@ -52,24 +52,26 @@ def read_file(path: str) -> Parsed:
         if kind == "parquet":
             import pyarrow.parquet as pq
 
-            return Parsed(pq.read_table(path))
+            return _valid_text(pq.read_table(path), path)
         if kind == "arrow":
-            return Parsed(read_arrow(Path(path)))
+            return _valid_text(read_arrow(Path(path)), path)
         if kind == "csv":
             import pyarrow.csv as pcsv
 
-            return Parsed(pcsv.read_csv(path))
+            # check_utf8=False: with the check on, a column holding one non-UTF-8 value silently
+            # becomes binary; off, it stays text and the rows that are not UTF-8 are set aside
+            return _valid_text(pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(check_utf8=False)), path)
         if kind == "json" and not path.endswith(".jsonl"):
             data = _json_document(path)
             if data is not None:
-                return _rows_to_table([(i, json.dumps(r, ensure_ascii=False, default=str), r)
-                                       for i, r in enumerate(data)], path)
+                return _document_rows(data, path)
         try:  # Arrow's multithreaded reader (any compression); what it refuses goes the precise way below
             import pyarrow.json as pjson
 
             table = pjson.read_json(pa.input_stream(path))
-            # it turns ISO-8601 strings into timestamps: keep the text as written instead
-            if "timestamp" not in str(table.schema):
+            # it turns ISO-8601 strings into timestamps (keep the text as written instead), and it does
+            # not check that strings are UTF-8: a table that fails validation is read line by line
+            if "timestamp" not in str(table.schema) and _is_valid(table):
                 return Parsed(table)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             pass
@@ -91,15 +93,14 @@ def read_table(path: str | os.PathLike[str]) -> pa.Table:
 
 def _json_document(path: str) -> list[Any] | None:
     """A ``.json`` file holding one document (a list of rows, or an object with one list); None when
-    the file is JSON lines after all."""
+    the file is JSON lines after all. Bytes that are not UTF-8 are kept as lone surrogates
+    (``surrogateescape``) so that :func:`_document_rows` can set their rows aside one by one."""
     with pa.input_stream(path) as fh:
         raw = fh.read()
     try:
-        data = json.loads(raw)
+        data = json.loads(raw.decode("utf-8", "surrogateescape"))
     except json.JSONDecodeError:
         return None
-    except UnicodeDecodeError as e:
-        raise InputError(f"not UTF-8 text ({e.reason} at byte {e.start})", path=path) from e
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -108,6 +109,76 @@ def _json_document(path: str) -> list[Any] | None:
     if not isinstance(data, list):
         raise InputError("expected a JSON list of objects", path=path)
     return data
+
+
+def _document_rows(data: list[Any], path: str) -> Parsed:
+    """The rows of a JSON document; a row holding text that was not UTF-8 in the file is a bad row."""
+    rows, bad = [], []
+    for i, r in enumerate(data):
+        raw = json.dumps(r, ensure_ascii=False, default=str)
+        try:
+            raw.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            bad.append((i, raw[:2000], f"{path}, row {i}{_bad_field(r)}: not UTF-8 text"))
+            continue
+        rows.append((i, raw, r))
+    return _rows_to_table(rows, path, bad)
+
+
+def _bad_field(row: Any) -> str:
+    """``, field 'x'`` for the first top-level field of ``row`` holding a lone surrogate."""
+    if isinstance(row, dict):
+        for k, v in row.items():
+            try:
+                json.dumps(v, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                return f", field '{k}'"
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------- UTF-8
+def _is_valid(table: pa.Table) -> bool:
+    """Whether every string in ``table`` is UTF-8 (Arrow's full validation; a slice checks its rows)."""
+    try:
+        table.validate(full=True)
+        return True
+    except pa.ArrowInvalid:
+        return False
+
+
+def _valid_text(table: pa.Table, path: str) -> Parsed:
+    """``table`` without the rows that hold a string that is not UTF-8, and those rows as bad rows.
+
+    Parquet, Arrow and CSV readers take string bytes as they are, and a table with one invalid string
+    is written fine but cannot be read back (``to_pylist``, ``datasets``, the next stage). The rows are
+    found by halving: k bad rows cost O(k log n) validations, a valid table one."""
+    if _is_valid(table):
+        return Parsed(table)
+    bad_rows: list[int] = []
+
+    def walk(lo: int, hi: int) -> None:
+        if _is_valid(table.slice(lo, hi - lo)):
+            return
+        if hi - lo == 1:
+            bad_rows.append(lo)
+            return
+        mid = (lo + hi) // 2
+        walk(lo, mid)
+        walk(mid, hi)
+
+    walk(0, table.num_rows)
+    bad = []
+    for k, i in enumerate(bad_rows):
+        row = table.slice(i, 1)
+        fields = [c for c in row.column_names if not _is_valid(row.select([c]))]
+        shown = {c: (row.column(c).cast(pa.binary())[0].as_py() or b"").decode("utf-8", "replace")
+                 if c in fields and pa.types.is_string(row.schema.field(c).type) else
+                 "<not UTF-8>" if c in fields else row.column(c)[0].as_py() for c in row.column_names}
+        detail = f"{path}, row {i}, field '{fields[0] if fields else '?'}': not UTF-8 text"
+        bad.append((i - k, json.dumps(shown, ensure_ascii=False, default=str)[:2000], detail))
+    keep = pa.array(sorted(set(range(table.num_rows)) - set(bad_rows)), pa.int64())
+    return Parsed(table.take(keep), bad)
 
 
 def _read_json_lines(path: str) -> Parsed:

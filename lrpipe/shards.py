@@ -322,6 +322,8 @@ class ShardDir:
                 raise AccountingError(f"unit {unit.name}: rejected rows lack a '{REJECT_REASON}' column")
             for r in rejected.column(REJECT_REASON).to_pylist():
                 by_reason[r] = by_reason.get(r, 0) + 1
+        for what, table in (("rows", kept), ("rejected rows", rejected)):
+            _require_valid(table, f"unit {unit.name} ({unit.part}): {what}")
         data = table_to_ipc_bytes(kept)
         _atomic_write_bytes(self.data_dir / f"{unit.part}.arrow", data)
         rec = UnitRecord(
@@ -421,6 +423,27 @@ class ShardDir:
         if not tables:
             return pa.table({"id": pa.array([], pa.string())})
         return pa.concat_tables(tables, promote_options="default")
+
+
+def _require_valid(table: pa.Table | None, what: str) -> None:
+    """Refuse to write a table no reader could open (a string that is not UTF-8: Arrow's readers take
+    bytes as they are, and ``to_pylist``, ``datasets`` and the next stage fail on them). Readers set
+    such rows aside as ``bad_input``; reaching this is a bug in a reader or stage, named here."""
+    if table is None:
+        return
+    try:
+        table.validate(full=True)
+    except pa.ArrowInvalid as e:
+        bad = next((c for c in table.column_names if not _valid_column(table.column(c))), "?")
+        raise AccountingError(f"{what}: column '{bad}' does not validate ({e}); nothing was written") from e
+
+
+def _valid_column(col: pa.ChunkedArray) -> bool:
+    try:
+        col.validate(full=True)
+        return True
+    except pa.ArrowInvalid:
+        return False
 
 
 def _config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:

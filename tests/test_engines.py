@@ -10,17 +10,19 @@ def _prompt(tok, text="Write a haiku."):
 
 
 def test_per_request_seeds(hf_engine):
+    """What the engine keeps on every CPU: the same batch twice gives the same samples, and the seed is
+    the request's own (other seeds, other samples). What it does not promise: the same request alone and
+    inside a batch of another size. Another batch shape takes other matmul kernels (AMX, AVX-512, AVX2),
+    the logits differ in their last bits and a sample at temperature 1 can diverge (README: Reproducible)."""
     p = _prompt(hf_engine.tokenizer)
-    reqs = [GenRequest(key=k, prompt=p, sampling=Sampling(temperature=1.0, max_tokens=12, seed=s))
-            for k, s in [("a", 1), ("b", 1), ("c", 2)]]
-    out = {r.key: r for r in hf_engine.generate(reqs)}
-    assert out["a"].text == out["b"].text  # identical seeds, identical samples
-    assert out["a"].text != out["c"].text
-    for r in out.values():
+    reqs = [GenRequest(key=k, prompt=p, sampling=Sampling(temperature=1.0, max_tokens=24, seed=s))
+            for k, s in [("a", 1), ("b", 2), ("c", 3), ("d", 4)]]
+    first = {r.key: r for r in hf_engine.generate(reqs)}
+    again = {r.key: r for r in hf_engine.generate(reqs)}
+    assert {k: r.text for k, r in first.items()} == {k: r.text for k, r in again.items()}
+    assert len({r.text for r in first.values()}) >= 2, "four seeds gave one sample: the seed is not the request's"
+    for r in first.values():
         assert r.finish_reason in ("stop", "length") and r.output_tokens > 0 and r.prompt_tokens > 0
-    # the same request alone gives the same sample as in a batch
-    alone = list(hf_engine.generate([reqs[2]]))[0]
-    assert alone.text == out["c"].text
 
 
 def test_max_tokens_and_stop_strings(hf_engine):

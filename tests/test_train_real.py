@@ -19,6 +19,8 @@ import pytest
 from tests.test_train import PY, ROOT, _env, curve, torchrun
 from tests.train_fixtures import packed_data
 
+FIXED_CONVERSATIONS = ROOT / "tests" / "data" / "fixed_conversations.jsonl"
+
 torch = pytest.importorskip("torch")
 
 
@@ -292,10 +294,16 @@ def test_export_streams_shards_and_never_holds_the_model(bf16_fixture, tmp_path)
 # ------------------------------------------------------------------------------ the embedded model, for real
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_fine_tune_the_embedded_model_and_generate_from_the_export(tmp_path, magpie_run, model_path):
+def test_fine_tune_the_embedded_model_and_generate_from_the_export(tmp_path, model_path):
     """SmolLM2-135M-Instruct saved as its upstream release is (bf16 safetensors) fine-tunes on packed
-    rows of a real `pipe run magpie` output (2 ranks, FSDP2, fp32 masters), its loss falls, and the
-    exported folder loads in vLLM and generates through pipe's engine layer."""
+    rows of fixed conversations (2 ranks, FSDP2, fp32 masters), its loss falls, and the exported folder
+    loads in vLLM and generates through pipe's engine layer.
+
+    The data is a fixed file, not a sampled run: what a 135M model samples differs from one CPU to the
+    next, and with it the curve. On these 12 conversations (3 packed rows, each seen 8 times in 12 steps)
+    the mean loss of steps 1-3 was 1.74 and of steps 10-12 0.074 (ratio 0.04), the same to three decimals
+    with the default (AMX), AVX-512 and AVX2 kernels (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA). The test
+    asks for a ratio under 0.5: a model that does not learn stays near 1, and the margin is 12x."""
     from typer.testing import CliRunner
 
     from lrpipe.chat import chat_prompt_ids
@@ -305,7 +313,7 @@ def test_fine_tune_the_embedded_model_and_generate_from_the_export(tmp_path, mag
     from lrpipe.shards import ShardDir
 
     base = save_bf16(model_path, tmp_path / "smollm2-bf16", seed=None)
-    r = CliRunner().invoke(app, ["pack", "--input", str(magpie_run / "filtered"), "--out", str(tmp_path / "packed"),
+    r = CliRunner().invoke(app, ["pack", "--input", str(FIXED_CONVERSATIONS), "--out", str(tmp_path / "packed"),
                                  "--tokenizer", str(base), "--seq-len", "512", "--no-progress"])
     assert r.exit_code == 0, r.output
     n_rows = ShardDir.open(tmp_path / "packed").manifest()["totals"]["rows_out"]
@@ -321,7 +329,7 @@ def test_fine_tune_the_embedded_model_and_generate_from_the_export(tmp_path, mag
     losses = curve(run)
     assert sorted(losses) == list(range(1, 13))
     first, last = sum(losses[s] for s in (1, 2, 3)) / 3, sum(losses[s] for s in (10, 11, 12)) / 3
-    assert last < first - 0.3, losses
+    assert last < 0.5 * first, losses
     final = run / "final"
     assert (final / "model.safetensors").exists() and (final / "tokenizer_config.json").exists()
     eng = VLLMEngine(str(final), gpu_memory_utilization=0.1, max_model_len=1024)

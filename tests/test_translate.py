@@ -21,6 +21,7 @@ from lrpipe.shards import ShardDir
 from lrpipe.sources import FileSource, ShardSource
 
 from .conftest import PIPE
+from .resume_checks import assert_resumed, committed
 
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
                     "1f15c4890000000d49444154789c6360000002000100ffff03000006000557bfabd40000000049454e44ae426082")
@@ -193,6 +194,7 @@ def _with(content0=None, content1=None, roles=None):
 def test_each_check_with_good_and_bad_translations(checker, case, text, finish, reason):
     tgt, why, detail = checker(SRC, text, finish, LABELS)
     assert why == reason, (case, why, detail)
+    assert why in tr.CHECK_REASONS or why == ""
     assert (tgt is not None) == (reason == "")
     if reason:
         assert detail
@@ -374,13 +376,14 @@ def test_sigkill_mid_run_then_resume(tmp_path, env):
     proc.wait()
     assert killed, "finished before it could be killed"
     assert not ShardDir.open(out).manifest()["complete"]
+    before = committed(out)
     again = subprocess.run(PIPE + args + ["--out", str(out)], capture_output=True, text=True, env=env, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
-    a, b = ShardDir.open(tmp_path / "ref"), ShardDir.open(out)
-    key = lambda r: r["question_id"]  # noqa: E731
-    assert sorted(a.read_all().to_pylist(), key=key) == sorted(b.read_all().to_pylist(), key=key)
-    assert sorted(a.read_all(rejected=True).to_pylist(), key=key) == sorted(b.read_all(rejected=True).to_pylist(), key=key)
-    assert b.manifest()["totals"]["balanced"] and b.manifest()["totals"]["rows_in"] == 16
+    # every row once; the units done before the kill untouched and equal to the reference; the source
+    # columns of every row as they were (the translation itself may differ after a resume: README)
+    assert_resumed(tmp_path / "ref", out, before, key="question_id",
+                   stable=("id", "question", "choices", "correct_choice_idx", "direct_answers", "image"))
+    assert ShardDir.open(out).manifest()["totals"]["rows_in"] == 16
 
 
 # ------------------------------------------------------------------------------------- end to end, vLLM
@@ -399,13 +402,13 @@ def test_end_to_end_with_vllm(tmp_path, vllm_engine, recipe, maker):
     sd = ShardDir.open(tmp_path / "out")
     m = sd.manifest()
     assert m["totals"]["balanced"] and m["totals"]["rows_in"] == 3 == rep.rows_out + rep.rows_rejected
-    reasons = set(m["totals"]["rejected_by_reason"])
-    assert reasons <= {f"translate_{r}" for r in ("wrong_language", "not_preserved", "span_repetition", "empty",
-                                                  "invalid_json", "count_mismatch")}
-    # under the schema the model's output is JSON of the right shape unless cut at max_tokens
+    # any reason the checker can give (the 135M model may run to the cap, loop, or leave English): the
+    # list is the code's own, so a new reason cannot be missing here
+    assert set(m["totals"]["rejected_by_reason"]) <= set(tr.REASONS) - {"translate_bad_input"}
+    # under the schema the model's output parses to the right shape: a failure to parse is only ever an
+    # output cut at max_tokens (too_long, or a loop), never a malformed completed output
     for r in sd.read_all(rejected=True).to_pylist():
-        if r["reject_reason"] in ("translate_invalid_json", "translate_count_mismatch"):
-            assert "cut at max_tokens" in r["reject_detail"], r["reject_detail"]
+        assert r["reject_reason"] not in ("translate_invalid_json", "translate_count_mismatch"), r
 
 
 @pytest.mark.slow

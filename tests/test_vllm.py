@@ -21,7 +21,11 @@ def test_seeds_finish_reasons_and_streaming(vllm_engine):
             for i in range(30)]
     res = {r.key: r for r in vllm_engine.generate(iter(reqs))}
     assert len(res) == 30
-    assert res[0].text == res[3].text and res[0].text != res[1].text
+    # one batch: the same seed gives the same sample; the seed is the request's own (three seeds, not one
+    # sample). Across batches of other sizes samples may differ (README: Reproducible), so no more is asked.
+    for i in range(3, 30):
+        assert res[i].text == res[i % 3].text, (i, res[i].text, res[i % 3].text)
+    assert len({res[i].text for i in range(3)}) >= 2
     assert all(r.finish_reason in ("stop", "length") and r.prompt_tokens == len(p) for r in res.values())
     assert any(r.finish_reason == "length" and r.output_tokens == 8 for r in res.values())
 

@@ -2,8 +2,9 @@
 
 Why a small decode loop of our own instead of ``model.generate``: ``generate`` samples a whole batch
 from one global RNG with one temperature and top_p, but our contract is one ``Sampling`` per request
-with its own seed (identical seeds must give identical samples, different rows must differ, and a
-resumed run must reproduce an uninterrupted one). The loop below is the same computation
+with its own seed (the same batch run twice gives the same samples, different seeds differ). A request
+alone and inside a batch of another size may differ: another batch shape takes other matmul kernels and
+the logits differ in their last bits (README: "Reproducible"). The loop below is the same computation
 ``generate`` does (left-padded prefill, KV cache, one token per step) with per-row temperature,
 top_p, seed, stop tokens, stop strings, max_tokens and an optional JSON-schema constraint (outlines).
 """

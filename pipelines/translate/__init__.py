@@ -18,7 +18,13 @@ Modules: ``recipe`` (the YAML), ``items`` (what gets translated), ``checks``, ``
 
 from __future__ import annotations
 
-from lrpipe.pipelines.translate.checks import FINAL_REASONS, Checker, missing_protected, protected
+from lrpipe.pipelines.translate.checks import (
+    CHECK_REASONS,
+    FINAL_REASONS,
+    Checker,
+    missing_protected,
+    protected,
+)
 from lrpipe.pipelines.translate.items import extract, format_text, parse_text, schema_for, texts_of
 from lrpipe.pipelines.translate.prompts import PromptBuilder, Shots, load_shots
 from lrpipe.pipelines.translate.recipe import (
@@ -34,6 +40,7 @@ from lrpipe.pipelines.translate.recipe import (
     recipe_table,
 )
 from lrpipe.pipelines.translate.stages import (
+    REASONS,
     SampleStage,
     TranslateStage,
     dry_run,
@@ -44,12 +51,14 @@ from lrpipe.pipelines.translate.stages import (
 
 __all__ = [
     "CHECKS",
+    "CHECK_REASONS",
     "Checker",
     "FEWSHOT",
     "FINAL_REASONS",
     "Fields",
     "MessageField",
     "PromptBuilder",
+    "REASONS",
     "RECIPES",
     "Recipe",
     "RecipeSampling",

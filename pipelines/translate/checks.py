@@ -65,6 +65,11 @@ def missing_protected(src: str, tgt: str) -> str | None:
     return None
 
 
+#: every reason the checker can reject an attempt for (``translate_<reason>`` in rejected rows): tests and
+#: reports take the list from here, so a new reason cannot be missing from what they allow
+CHECK_REASONS = ("engine_error", "too_long", "span_repetition", "invalid_json", "unparseable", "count_mismatch",
+                 "empty", "not_preserved", "wrong_language")
+#: reasons another attempt cannot fix (a longer translation than the row's budget is cut the same way)
 FINAL_REASONS = {"too_long"}
 
 

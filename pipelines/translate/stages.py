@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 from lrpipe.engines.base import GenRequest, GenResult, Sampling
-from lrpipe.pipelines.translate.checks import FINAL_REASONS, Checker
+from lrpipe.pipelines.translate.checks import CHECK_REASONS, FINAL_REASONS, Checker
 from lrpipe.pipelines.translate.items import extract, schema_for
 from lrpipe.pipelines.translate.prompts import PromptBuilder, load_shots
 from lrpipe.pipelines.translate.recipe import Recipe
@@ -20,6 +20,10 @@ from lrpipe.runner import Attempts, GenerationStage, MapStage, UnitOutput, parse
 from lrpipe.seeding import seed_for
 from lrpipe.shards import REJECT_DETAIL, REJECT_REASON, UnitSpec
 from lrpipe.sources import Source
+
+#: every ``reject_reason`` the two stages write: a failed translation, a row that could not be read, and
+#: (the sample stage's slim records) a row outside the select or the seeded sample
+REASONS = (*(f"translate_{r}" for r in (*CHECK_REASONS, "bad_input")), "not_sampled", "not_selected")
 
 
 def selected(row: dict[str, Any], select: dict[str, str]) -> bool:
