@@ -178,9 +178,42 @@ def safety_rates(rows: list[dict[str, Any]], source: str = "annotations") -> dic
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """All rows of a file or of a shard directory (``pipe answer`` output)."""
+    from lrpipe.shards import ShardDir
     from lrpipe.sources import read_table
 
+    if ShardDir.is_shard_dir(path):
+        return ShardDir.open(path).read_all().to_pylist()
     return read_table(str(path)).to_pylist()
+
+
+def labelled_answers(answers: list[dict[str, Any]], labels: list[dict[str, Any]],
+                     source: str = "labels") -> list[dict[str, Any]]:
+    """Annotators' labels (``id, annotator, label`` rows, with ``model`` when several models answered)
+    joined with the answers they label (``pipe answer`` rows: ``id, model`` and the prompt's ``language,
+    category, prompt_type``): one row per label in the form :func:`safety_rates` reads."""
+    by_key: dict[tuple[str, str], dict[str, Any]] = {}
+    models = {str(a.get("model")) for a in answers}
+    for a in answers:
+        by_key[(str(a.get("model")), str(a.get("id")))] = a
+    out = []
+    for i, lab in enumerate(labels):
+        for f in ("id", "label"):
+            if lab.get(f) is None:
+                raise InputError("missing field", path=source, row=i, field=f)
+        model = lab.get("model")
+        if model is None:
+            if len(models) > 1:
+                raise InputError(f"several models answered ({sorted(models)}): name the model of each label",
+                                 path=source, row=i, field="model")
+            model = next(iter(models))
+        a = by_key.get((str(model), str(lab["id"])))
+        if a is None:
+            raise InputError(f"no answer of model {model!r} with this id", path=source, row=i, field="id")
+        out.append({"model": a.get("model"), "language": a.get("language"), "category": a.get("category"),
+                    "prompt_type": a.get("prompt_type"), "id": str(lab["id"]),
+                    "annotator": lab.get("annotator"), "label": lab["label"]})
+    return out
 
 
 def correlate_files(benchmarks: str | Path, arena: str | Path, group: str = "all", *, rounds: int = 1000,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,33 +44,69 @@ class Battle:
     annotator: str | None = None
     language: str | None = None
     question_id: str | None = None
+    #: a verdict of an LLM judge (read from a ``pipe judge`` directory), not of a person
+    judge: bool = False
+
+
+#: the released arena layout (the instruction study's ``HiTZ/ebaluatoia``): one row per vote, a winner
+#: column per dimension, the two conversations beside them (``conv_a``, ``conv_b``)
+DIMENSIONS = {"winner": "global", "winner_content": "content", "winner_language": "language"}
+
+
+def _table(path: str | Path) -> tuple[Any, bool]:
+    """(rows as an Arrow table, whether they are an LLM judge's) from a file, a shard directory or a Hub
+    dataset (``hf://HiTZ/ebaluatoia:25-03``)."""
+    from lrpipe.shards import ShardDir
+    from lrpipe.sources import is_hub_spec, open_source, read_table
+
+    if ShardDir.is_shard_dir(path):
+        sd = ShardDir.open(path)
+        return sd.read_all(), sd.header().get("stage") == "judge"
+    if is_hub_spec(str(path)) and not Path(path).exists():
+        import pyarrow as pa
+
+        src = open_source(str(path))
+        tables = [src.read_unit(u) for u in src.units()]
+        return pa.concat_tables(tables, promote_options="permissive"), False
+    return read_table(str(path)), False
 
 
 def read_battles(paths: list[str | Path]) -> list[Battle]:
-    """Battles from JSONL/JSON/CSV/Parquet files or ``pipe judge`` shard directories (columns ``model_a, model_b, winner`` and optionally
-    ``criterion, annotator, language, question_id``); a bad row is an error naming file, row, field."""
-    from lrpipe.shards import ShardDir
-    from lrpipe.sources import read_table
+    """Battles from JSONL/JSON/CSV/Parquet files, ``pipe judge`` shard directories or Hub datasets.
 
+    Two layouts: one battle per row (``model_a, model_b, winner`` and optionally ``criterion, annotator,
+    language, question_id``), or the released arena's, one vote per row with a winner per dimension
+    (``winner`` → ``global``, ``winner_content`` → ``content``, ``winner_language`` → ``language``; the
+    voter's ``username`` is the annotator), each dimension a battle of its own and a missing one skipped.
+    A bad row is an error naming file, row and field."""
     out: list[Battle] = []
     for p in paths:
-        table = ShardDir.open(p).read_all() if ShardDir.is_shard_dir(p) else read_table(str(p))
+        table, judge = _table(p)
         for col in ("model_a", "model_b", "winner"):
             if col not in table.column_names:
                 raise InputError(f"missing column (have {table.column_names})", path=str(p), field=col)
+        wide = any(c in table.column_names for c in ("winner_content", "winner_language"))
         for i, r in enumerate(table.to_pylist()):
-            w = str(r.get("winner") or "").strip().lower()
-            if w not in WINNERS:
-                raise InputError(f"winner must be one of {sorted(WINNERS)}, got {r.get('winner')!r}", path=str(p),
-                                 row=i, field="winner")
             for col in ("model_a", "model_b"):
                 if not r.get(col):
                     raise InputError("empty model name", path=str(p), row=i, field=col)
             if r["model_a"] == r["model_b"]:
                 raise InputError("a model cannot battle itself", path=str(p), row=i, field="model_b")
-            out.append(Battle(str(r["model_a"]), str(r["model_b"]), w,
-                              *(None if r.get(k) is None else str(r[k])
-                                for k in ("criterion", "annotator", "language", "question_id"))))
+            if wide:
+                votes = [(DIMENSIONS[c], c) for c in DIMENSIONS if r.get(c) not in (None, "")]
+                annotator = r.get("annotator") or r.get("username")
+                qid = r.get("question_id") or r.get("id") or f"{Path(str(p)).name}:{i}"
+            else:
+                votes = [(r.get("criterion"), "winner")]
+                annotator, qid = r.get("annotator"), r.get("question_id")
+            for criterion, col in votes:
+                w = str(r.get(col) or "").strip().lower()
+                if w not in WINNERS:
+                    raise InputError(f"winner must be one of {sorted(WINNERS)}, got {r.get(col)!r}", path=str(p),
+                                     row=i, field=col)
+                out.append(Battle(str(r["model_a"]), str(r["model_b"]), w,
+                                  *(None if v is None else str(v) for v in (criterion, annotator, r.get("language"),
+                                                                            qid)), judge=judge))
     return out
 
 
@@ -104,8 +141,27 @@ def fit_bt(pairs: np.ndarray, outcome: np.ndarray, weight: np.ndarray, n_models:
     alpha = math.log(base)
     res = minimize(_loss_grad, np.zeros(n_models), args=(pairs, outcome, weight, alpha), jac=True,
                    method="L-BFGS-B", options={"maxiter": 2000, "gtol": tol})
-    theta = res.x
-    return theta - theta.mean()
+    theta = res.x - res.x.mean()
+    # a few Newton steps on top: the optimum to machine precision (scores equal to another exact MLE,
+    # FastChat's logistic regression, to 1e-6), at the cost of an n×n solve
+    a, b = pairs[:, 0], pairs[:, 1]
+    for _ in range(3):
+        _, grad = _loss_grad(theta, pairs, outcome, weight, alpha)
+        z = alpha * (theta[a] - theta[b])
+        h = alpha * alpha * weight / (2.0 + np.exp(z) + np.exp(-z))  # w·σ(z)·σ(−z)
+        hess = np.zeros((n_models, n_models))
+        np.add.at(hess, (a, a), h)
+        np.add.at(hess, (b, b), h)
+        np.add.at(hess, (a, b), -h)
+        np.add.at(hess, (b, a), -h)
+        step = np.linalg.lstsq(hess, -grad, rcond=None)[0]
+        if not np.all(np.isfinite(step)):
+            break
+        theta = theta + step
+        theta -= theta.mean()
+        if np.max(np.abs(step)) < 1e-13:
+            break
+    return theta
 
 
 @dataclass
@@ -167,6 +223,68 @@ def pairwise(battles: list[Battle]) -> tuple[list[str], np.ndarray, np.ndarray]:
     with np.errstate(invalid="ignore", divide="ignore"):
         frac = np.where(count > 0, win / count, np.nan)
     return models, count, frac
+
+
+# ------------------------------------------------------------------------------------------ votes
+def _item(b: Battle) -> tuple[Any, tuple[str, str], Any]:
+    """What a vote is about: the question, the pair of models (in either order) and the criterion."""
+    return b.question_id, tuple(sorted((b.model_a, b.model_b))), b.criterion
+
+
+def _label(b: Battle) -> str:
+    """A vote as the model it prefers, or ``tie``: the same verdict in either answer order."""
+    return b.model_a if b.winner == "model_a" else b.model_b if b.winner == "model_b" else "tie"
+
+
+def majority(battles: list[Battle]) -> tuple[list[Battle], list[tuple]]:
+    """The people's verdict per item by majority vote (judges' battles are left out): one battle per item
+    whose most frequent label is unique (annotator ``majority``), and the items where it is not
+    (*inconclusive*: the multimodal study's 3% of "annotation discrepancies")."""
+    votes: dict[tuple, list[str]] = {}
+    for b in battles:
+        if not b.judge:
+            votes.setdefault(_item(b), []).append(_label(b))
+    decided, inconclusive = [], []
+    for item, labels in votes.items():
+        (top, n), *rest = Counter(labels).most_common()
+        if rest and rest[0][1] == n:
+            inconclusive.append(item)
+            continue
+        qid, (m1, m2), criterion = item
+        winner = "model_a" if top == m1 else "model_b" if top == m2 else "tie"
+        decided.append(Battle(m1, m2, winner, criterion, "majority", None, qid))
+    return decided, inconclusive
+
+
+def win_tie_loss(battles: list[Battle], inconclusive: list[tuple] | None = None,
+                 field: str = "criterion") -> list[dict[str, Any]]:
+    """Win / tie / loss counts and percentages per value of ``field`` and pair of models, as the
+    multimodal study's Table 2 reports them: a tie is a tie (not half a win), ``tie (bothbad)`` is a tie,
+    and items without a majority are counted apart (``inconclusive``), in the percentages' total."""
+    cells: dict[tuple[str, str, str], Counter] = {}
+    for b in battles:
+        m1, m2 = sorted((b.model_a, b.model_b))
+        c = cells.setdefault((getattr(b, field) or "all", m1, m2), Counter())
+        lab = _label(b)
+        c["first" if lab == m1 else "second" if lab == m2 else "tie"] += 1
+    for _qid, (m1, m2), criterion in inconclusive or []:
+        cells.setdefault((criterion or "all", m1, m2), Counter())["inconclusive"] += 1
+    out = []
+    for (group, m1, m2), c in sorted(cells.items()):
+        n = sum(c.values())
+        out.append({"group": group, "model_1": m1, "model_2": m2, "items": n, "wins_1": c["first"],
+                    "ties": c["tie"], "wins_2": c["second"], "inconclusive": c["inconclusive"],
+                    "win_pct_1": 100 * c["first"] / n, "tie_pct": 100 * c["tie"] / n,
+                    "win_pct_2": 100 * c["second"] / n, "inconclusive_pct": 100 * c["inconclusive"] / n})
+    return out
+
+
+def wtl_markdown(rows: list[dict[str, Any]], title: str) -> str:
+    lines = [f"### {title}", "", "| criterion | model 1 | wins % | ties % | model 2 wins % | model 2 | inconclusive % "
+             "| items |", "|---|---|---:|---:|---:|---|---:|---:|"]
+    lines += [f"| {r['group']} | {r['model_1']} | {r['win_pct_1']:.2f} | {r['tie_pct']:.2f} | {r['win_pct_2']:.2f} | "
+              f"{r['model_2']} | {r['inconclusive_pct']:.2f} | {r['items']} |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------------ reports
@@ -251,6 +369,9 @@ def run_arena(paths: list[str | Path], out: str | Path, *, group_field: str = "c
         result["groups"][name] = {"battles": len(bs), "ratings": [asdict(r) for r in ratings],
                                   "figures": [p.name for p in figs]}
         md.append(markdown_table(ratings, f"{name} ({len(bs)} battles)"))
+    result["win_tie_loss"] = wtl = verdict_tables(battles)
+    for source, rows in wtl.items():
+        md.append(wtl_markdown(rows, f"Win / tie / loss: {source}"))
     agreement = annotator_agreement(battles)
     if agreement:
         result["agreement"] = agreement
@@ -258,6 +379,14 @@ def run_arena(paths: list[str | Path], out: str | Path, *, group_field: str = "c
                "raw agreement |", "|---|---|---:|---:|---:|"]
         md += [f"| {a['annotator_a']} | {a['annotator_b']} | {a['items']} | {a['kappa']:.3f} | {a['agreement']:.1%} |"
                for a in agreement]
+        summary = agreement_summary(battles, agreement)
+        result["agreement_summary"] = summary
+        if summary["people_mean_kappa"] is not None:
+            md.append(f"\nMean Cohen's kappa over pairs of people: {summary['people_mean_kappa']:.3f} "
+                      f"({summary['people_pairs']} pairs); items without a majority: {summary['inconclusive']}")
+        for j in summary["judges_vs_majority"]:
+            md.append(f"\nCohen's kappa of judge {j['judge']} against the people's majority: {j['kappa']:.3f} "
+                      f"on {j['items']} items ({j['agreement']:.1%} raw agreement)")
     (out / "ratings.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "ratings.md").write_text("\n".join(md))
     return result
@@ -291,3 +420,40 @@ def annotator_agreement(battles: list[Battle]) -> list[dict[str, Any]]:
             out.append({"annotator_a": x, "annotator_b": y, "items": len(shared), "kappa": cohen_kappa(a, c),
                         "agreement": sum(p == q for p, q in zip(a, c)) / len(shared)})
     return out
+
+
+def verdict_tables(battles: list[Battle]) -> dict[str, list[dict[str, Any]]]:
+    """Win / tie / loss per criterion and pair: of the people's majority and of each judge when votes
+    carry annotators (the multimodal study's Table 2, human and GPT-5 side by side), else of all battles."""
+    people = [b for b in battles if not b.judge and b.annotator is not None]
+    judges = sorted({b.annotator or "judge" for b in battles if b.judge})
+    if not people and not judges:
+        return {"all battles": win_tie_loss(battles)}
+    out = {}
+    if people:
+        decided, inconclusive = majority(people)
+        out["people (majority vote)"] = win_tie_loss(decided, inconclusive)
+    for j in judges:
+        out[f"judge {j}"] = win_tie_loss([b for b in battles if b.judge and (b.annotator or "judge") == j])
+    return out
+
+
+def agreement_summary(battles: list[Battle], pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The multimodal study's agreement figures: the mean Cohen's kappa over pairs of people, and each
+    judge's kappa against the people's majority vote (items with a majority only)."""
+    from lrpipe.eval.agreement import cohen_kappa
+
+    judges = {b.annotator for b in battles if b.judge}
+    people_pairs = [a["kappa"] for a in pairs if a["annotator_a"] not in judges and a["annotator_b"] not in judges]
+    decided, inconclusive = majority([b for b in battles if b.annotator is not None])
+    truth = {_item(b): _label(b) for b in decided}
+    versus = []
+    for j in sorted(judges):
+        got = {_item(b): _label(b) for b in battles if b.judge and b.annotator == j}
+        shared = sorted(got.keys() & truth.keys(), key=str)
+        if shared:
+            x, y = [got[k] for k in shared], [truth[k] for k in shared]
+            versus.append({"judge": j, "items": len(shared), "kappa": cohen_kappa(x, y),
+                           "agreement": sum(a == b for a, b in zip(x, y)) / len(shared)})
+    return {"people_mean_kappa": float(np.mean(people_pairs)) if people_pairs else None,
+            "people_pairs": len(people_pairs), "inconclusive": len(inconclusive), "judges_vs_majority": versus}

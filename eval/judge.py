@@ -6,7 +6,9 @@ the two answers twice — in both orders — and returns a JSON object with one 
 (``A``, ``B`` or ``tie``), constrained by a JSON schema so only valid verdicts can come back. Per
 criterion, the pair's result is the model both orders prefer, and a **tie when the orders disagree**
 (position bias cancels out instead of deciding). Criteria are a YAML file (default: the study's three,
-in its order of importance); the prompt is ``prompts/judge/pairwise.j2``.
+in its order of importance); the prompt is ``prompts/judge/pairwise.j2``. Besides the criteria the judge
+gives an **overall** verdict (criterion ``overall``), weighing them in their order of importance as the
+study's annotators did: the one verdict per pair its Table 2 counts as win / tie / loss.
 
 It runs as a :class:`GenerationStage`: units of questions, every request of every unit streamed into
 one engine job, resumable after a crash, ``--rank/--world-size`` like every stage. A verdict that
@@ -24,7 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from lrpipe.chat import chat_prompt_ids
+from lrpipe.chat import chat_request
 from lrpipe.engines.base import Engine, GenRequest, GenResult, Sampling
 from lrpipe.errors import InputError
 from lrpipe.prompting import load_prompt, prompt_root
@@ -51,12 +53,49 @@ def load_criteria(path: str | Path | None, language: str) -> list[dict[str, str]
     return out
 
 
-def read_questions(path: str | Path, fields: list[str]) -> list[dict[str, Any]]:
-    """The questions file as rows; a row without one of ``fields`` (id, question, image) is an error
-    naming the file, row and field, before any engine starts."""
-    from lrpipe.sources import read_table
+QUESTION_COLUMNS = ("question", "instruction", "prompt")
 
-    qs = read_table(str(path)).to_pylist()
+
+def _rows(path: str | Path) -> list[dict[str, Any]]:
+    """All rows of a file or of a shard directory (``pipe answer``, ``pipe translate`` output)."""
+    from lrpipe.shards import ShardDir
+
+    if ShardDir.is_shard_dir(path):
+        return ShardDir.open(path).read_all().to_pylist()
+    return read_table(str(path)).to_pylist()
+
+
+def answer_paths(paths: list[str | Path]) -> list[Path]:
+    """``--answers`` as given: files, shard directories, or a folder of shard directories (``pipe
+    answer --out`` with several models: one per model)."""
+    from lrpipe.shards import ShardDir
+
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir() and not ShardDir.is_shard_dir(p):
+            subs = sorted(d for d in p.iterdir() if ShardDir.is_shard_dir(d))
+            if not subs:
+                raise InputError("neither a shard directory nor a folder of them", path=str(p))
+            out += subs
+        else:
+            out.append(p)
+    return out
+
+
+def question_field_of(rows: list[dict[str, Any]], field: str | None, where: str) -> str:
+    if field:
+        return field
+    for c in QUESTION_COLUMNS:
+        if rows and c in rows[0]:
+            return c
+    raise InputError(f"no question column (looked for {', '.join(QUESTION_COLUMNS)}; give --question-field)",
+                     path=where)
+
+
+def read_questions(path: str | Path, fields: list[str]) -> list[dict[str, Any]]:
+    """The questions (a file or a shard directory) as rows; a row without one of ``fields`` (id,
+    question, image) is an error naming the file, row and field, before any engine starts."""
+    qs = _rows(path)
     for i, q in enumerate(qs):
         for f in fields:
             if q.get(f) is None:
@@ -65,11 +104,11 @@ def read_questions(path: str | Path, fields: list[str]) -> list[dict[str, Any]]:
 
 
 def read_answers(paths: list[str | Path], id_field: str = "id", answer_field: str = "answer") -> dict[str, dict[str, str]]:
-    """model -> {question id -> answer}; the model is the file's ``model`` column or its stem."""
+    """model -> {question id -> answer}; the model is the rows' ``model`` column, else the file's stem
+    (or the shard directory's name)."""
     out: dict[str, dict[str, str]] = {}
-    for p in paths:
-        rows = read_table(str(p)).to_pylist()
-        for i, r in enumerate(rows):
+    for p in answer_paths(paths):
+        for i, r in enumerate(_rows(p)):
             for f in (id_field, answer_field):
                 if r.get(f) is None:
                     raise InputError("missing field", path=str(p), row=i, field=f)
@@ -85,33 +124,34 @@ class JudgeStage(GenerationStage):
 
     def __init__(self, questions: list[dict[str, Any]], answers: dict[str, dict[str, str]], engine: Engine,
                  judge_id: str, criteria: list[dict[str, str]], language: str, *, question_field: str = "question",
-                 id_field: str = "id", image_field: str | None = None, processor: Any = None, rows_per_unit: int = 50, retries: int = 2, seed: int = 0,
-                 max_tokens: int = 128, prompt: str = "pairwise") -> None:
+                 id_field: str = "id", image_field: str | None = None, processor: Any = None,
+                 rows_per_unit: int = 50, retries: int = 2, seed: int = 0, max_tokens: int = 160,
+                 prompt: str = "pairwise", overall: bool = True) -> None:
         self.questions, self.answers, self.engine, self.judge_id = questions, answers, engine, judge_id
         self.criteria, self.language, self.qf, self.idf = criteria, language, question_field, id_field
         self.rows_per_unit, self.retries, self.seed, self.max_tokens, self.prompt = (
             rows_per_unit, retries, seed, max_tokens, prompt)
+        self.overall = overall
         self.models = sorted(answers)
         # An MLLM judge sees the question's image: the prompt goes through the model's processor chat
         # template (image placeholder first, as the models were trained) and the image rides along.
+        # (an OpenAI-compatible chat endpoint, a hosted judge, takes the messages and renders them itself)
         self.image_field, self.processor = image_field, processor
-        # an OpenAI-compatible chat endpoint (a hosted judge) takes the messages: nothing to render here
-        self._chat_api = getattr(engine, "api", None) == "chat"
-        if image_field:
-            if not engine.supports_images:
-                raise InputError(f"judging with images needs an engine that takes them (vllm), not {engine.name}")
-            if self.processor is None and not self._chat_api:
-                from transformers import AutoProcessor
-
-                self.processor = AutoProcessor.from_pretrained(engine.model)
+        if image_field and not engine.supports_images:
+            raise InputError(f"judging with images needs an engine that takes them (vllm, transformers with a "
+                             f"multimodal model, openai --openai-api chat), not {engine.name}")
         self.by_id = {str(q[id_field]): q for q in questions}
-        names = [c["name"] for c in criteria]
+        names = self.verdict_names()
         self.schema = {"type": "object", "properties": {n: {"type": "string", "enum": list(VERDICTS)} for n in names},
                        "required": names, "additionalProperties": False}
 
+    def verdict_names(self) -> list[str]:
+        """The verdicts each reply holds: one per criterion, then ``overall``."""
+        return [c["name"] for c in self.criteria] + (["overall"] if self.overall else [])
+
     def config(self) -> dict[str, Any]:
         return {"judge": self.judge_id, "criteria": self.criteria, "language": self.language, "models": self.models,
-                "image_field": self.image_field,
+                "image_field": self.image_field, "overall": self.overall,
                 "prompt": self.prompt, "seed": self.seed, "retries": self.retries, "max_tokens": self.max_tokens,
                 "questions": len(self.questions)}
 
@@ -130,21 +170,18 @@ class JudgeStage(GenerationStage):
                  second: str) -> GenRequest:
         text = load_prompt("judge", self.prompt, question=q[self.qf], answer_a=self.answers[first][str(q[self.idf])],
                            answer_b=self.answers[second][str(q[self.idf])], criteria=self.criteria,
-                           language=self.language)
+                           language=self.language, overall=self.overall)
         from lrpipe.seeding import seed_for
 
         s = Sampling(temperature=0.0 if attempt == 0 else 0.7, top_p=1.0, max_tokens=self.max_tokens,
                      seed=seed_for(self.seed, "judge", unit.index, k, order, attempt), json_schema=self.schema)
+        images = None
         if self.image_field:
             from lrpipe.eval.mm_data import load_image
 
-            msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-            prompt = "" if self._chat_api else self.processor.apply_chat_template(msgs, add_generation_prompt=True)
-            return GenRequest(key=(k, order, attempt), sampling=s, prompt=prompt, messages=msgs,
-                              images=[load_image(q[self.image_field], f"question {q[self.idf]}, field {self.image_field}")])
-        msgs = [{"role": "user", "content": text}]
-        prompt = [] if self._chat_api else chat_prompt_ids(self.engine.tokenizer, msgs)
-        return GenRequest(key=(k, order, attempt), prompt=prompt, sampling=s, messages=msgs)
+            images = [load_image(q[self.image_field], f"question {q[self.idf]}, field {self.image_field}")]
+        return chat_request(self.engine, (k, order, attempt), [{"role": "user", "content": text}], s, images=images,
+                            processor=self.processor)
 
     def requests(self, unit: UnitSpec) -> tuple[Any, list[GenRequest]]:
         by_id = self.by_id
@@ -166,7 +203,7 @@ class JudgeStage(GenerationStage):
             obj = json.loads(res.text)
         except json.JSONDecodeError:
             return None
-        names = [c["name"] for c in self.criteria]
+        names = self.verdict_names()
         if not isinstance(obj, dict) or any(obj.get(n) not in VERDICTS for n in names):
             return None
         return {n: obj[n] for n in names}
@@ -201,8 +238,7 @@ class JudgeStage(GenerationStage):
                 rejected.append({"question_id": qid, "model_a": a, "model_b": b, REJECT_REASON: "judge_invalid",
                                  REJECT_DETAIL: f"{last.finish_reason}: {(last.error or last.text)[:200]}"})
                 continue
-            for c in self.criteria:
-                n = c["name"]
+            for n in self.verdict_names():
                 # order 0 showed (a, b), order 1 showed (b, a): map both verdicts to model names
                 first = {"A": a, "B": b, "tie": "tie"}[v1[n]]
                 second = {"A": b, "B": a, "tie": "tie"}[v2[n]]

@@ -26,6 +26,9 @@ class ReleasedSet(BaseModel):
     dataset: str
     split: str = "test"
     columns: dict[str, str] = {}
+    #: how a language's rows meet the other language's: by the task's id column, or by position (the
+    #: released sets keep each language in a split of one dataset, row for row, with no shared id)
+    pair_by: Literal["id", "position"] = "id"
 
 
 class MMTask(BaseModel):
@@ -198,7 +201,10 @@ def instances(task: MMTask, data: Path | str, lang: str, source_lang: str = "en"
         q = col(r, "question")
         if q is None:
             raise InputError(f"no {lang} question", path=where, row=i, field=task.question)
-        rid = r.get(task.field("id", lang)) if own is not None else r.get(task.id)
+        if own is not None and str(data) == "released" and task.released[lang].pair_by == "position":
+            rid = i
+        else:
+            rid = r.get(task.field("id", lang)) if own is not None else r.get(task.id)
         inst: dict[str, Any] = {"id": str(rid if rid is not None else i), "image": r.get(image_col), "question": q,
                                 "where": f"{where} row {i}"}
         if inst["image"] is None:

@@ -62,6 +62,9 @@ class Suite(BaseModel):
     reference_model: str = ""
     num_fewshot: int = 5
     prefer_filters: list[str] = []
+    #: the benchmarks (by name) whose change relative to the backbone the report shows per language
+    #: (the instruction study's Figure 5: the ones it has in all three languages)
+    relative_tasks: list[str] = []
     languages: dict[str, list[SuiteTask]]
     bias: BiasSets = BiasSets()
 
@@ -244,8 +247,14 @@ def run_text_suite(model: str, out: str | Path, *, suite: str = "latxa", langs: 
                    tasks: list[str] | None = None, limit: int | None = None, backend: str | None = None,
                    local_data: str | Path | None = None, bias: bool = True, batch_size: str | int = "auto",
                    model_args: str = "", log_samples: bool = False, allow_missing: bool = False,
-                   wandb_args: str | None = None, hub_log_args: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the suite with lm-eval: lm-eval's own files under ``out``, plus ``results.json``/``.md``."""
+                   wandb_args: str | None = None, hub_log_args: dict[str, Any] | None = None,
+                   api: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the suite with lm-eval: lm-eval's own files under ``out``, plus ``results.json``/``.md``.
+
+    ``backend="openai"`` scores a model behind an OpenAI-compatible chat endpoint (``api``: base_url,
+    api_key, max_concurrency, instruction) as the study scored GPT-4o and Claude: letter choice on the
+    multiple-choice tasks written as letters (:mod:`lrpipe.eval.letters`), lm-eval's chat-completions
+    model on generative ones (MGSM), and the log-likelihood tasks marked missing with the reason."""
     import importlib.util
 
     from lm_eval.api.registry import get_model
@@ -256,6 +265,9 @@ def run_text_suite(model: str, out: str | Path, *, suite: str = "latxa", langs: 
     if wandb_args and importlib.util.find_spec("wandb") is None:
         raise InputError("--wandb-args needs wandb (pip install wandb; WANDB_MODE=offline works without network)")
     backend = backend or ("vllm" if importlib.util.find_spec("vllm") else "hf")
+    if backend == "openai":
+        return _run_api(model, Path(out), s, plan, limit=limit, local_data=local_data, allow_missing=allow_missing,
+                        api=api or {})
     args = f"pretrained={model}" + (f",{model_args}" if model_args else "")
     if backend == "hf" and "device=" not in args:
         import torch
@@ -327,6 +339,77 @@ def _evaluate_groups(lm: Any, args: str, plan: list[tuple[str, str, int]], loade
     if wandb is not None:
         wandb.run.finish()
     return groups
+
+
+def _run_api(model: str, out: Path, s: Suite, plan: list[tuple[str, str, int]], *, limit: int | None,
+             local_data: str | Path | None, allow_missing: bool, api: dict[str, Any]) -> dict[str, Any]:
+    """The suite for a model behind an API (see :func:`run_text_suite`)."""
+    from lm_eval.api.task import Task
+    from lm_eval.tasks import TaskManager
+
+    from lrpipe.engines import make_engine
+    from lrpipe.eval.letters import STUDY_INSTRUCTION, classify, score_letters
+
+    if not api.get("base_url"):
+        raise InputError("--backend openai needs --base-url (the server's /v1 URL)")
+    out.mkdir(parents=True, exist_ok=True)
+    engine = make_engine("openai", model, base_url=api["base_url"], api_key=api.get("api_key"), api="chat",
+                         max_concurrency=api.get("max_concurrency") or 8, served_model=api.get("served_model"))
+    groups: list[dict[str, Any]] = []
+    failed: dict[str, str] = {}
+    with _include_dir(local_data) as include:
+        tm = TaskManager(include_path=str(include))
+        names = list(dict.fromkeys(t for t, _, _ in plan))
+        subtasks = tag_members(tm, names)
+        loaded, failed = _load_tasks(names, tm)
+        generative: dict[int, list[Any]] = {}
+        for shots in sorted({sh for _, _, sh in plan}):
+            letter_tasks: dict[str, Any] = {}
+            for name in dict.fromkeys(t for t, _, sh in plan if sh == shots):
+                objs = [o for o in loaded.get(name, []) if isinstance(o, Task)]
+                kinds = {classify(o) for o in objs}
+                if kinds == {"letters"}:
+                    letter_tasks.update({o.config.task: o for o in objs})
+                elif kinds == {"generate"}:
+                    generative.setdefault(shots, []).extend(objs)
+                elif name not in failed:
+                    failed[name] = ("scored by log-likelihood of options (or a group): an API gives no "
+                                    "log-probabilities, and its prompt lists no letters to choose from")
+            if letter_tasks:
+                groups.append(score_letters(engine, letter_tasks, shots, out, limit=limit,
+                                            instruction=api.get("instruction") or STUDY_INSTRUCTION))
+        for shots, objs in generative.items():
+            groups.append(_api_generate(model, api, objs, shots, out, limit=limit, task_manager=tm))
+    engine.close()
+    if failed and not allow_missing:
+        raise InputError("no score possible for " + "; ".join(f"{k}: {v}" for k, v in failed.items())
+                         + " (--allow-missing to score the rest, as the study did for API models)")
+    rows, averages = summarize(groups, plan, s, subtasks, failed)
+    result = {"model": model, "suite": s.name, "backend": "openai (letter choice)", "limit": limit, "rows": rows,
+              "averages": averages, "lm_eval_output": str(out)}
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "results.md").write_text(results_markdown(result))
+    return result
+
+
+def _api_generate(model: str, api: dict[str, Any], objs: list[Any], shots: int, out: Path, *,
+                  limit: int | None, task_manager: Any) -> dict[str, Any]:
+    """Generative tasks (MGSM) for an API model through lm-eval's own chat-completions model."""
+    import os
+
+    from lm_eval import simple_evaluate
+    from lm_eval.utils import handle_non_serializable
+
+    if api.get("api_key"):
+        os.environ.setdefault("OPENAI_API_KEY", api["api_key"])
+    url = str(api["base_url"]).rstrip("/") + "/chat/completions"
+    args = (f"model={api.get('served_model') or model},base_url={url},num_concurrent={api.get('max_concurrency') or 8},"
+            "tokenized_requests=False,max_retries=5")
+    res = simple_evaluate(model="local-chat-completions", model_args=args, tasks=objs, num_fewshot=shots,
+                          limit=limit, apply_chat_template=True, fewshot_as_multiturn=shots > 0,
+                          task_manager=task_manager)
+    res.pop("samples", None)
+    return json.loads(json.dumps(res, default=handle_non_serializable))
 
 
 def summary_from_lm_eval(path: str | Path, suite: str = "latxa") -> dict[str, Any]:

@@ -191,3 +191,30 @@ def like_source(messages: list[dict[str, str]], source: list[dict[str, Any]]) ->
         keys = _keys(old) or ("role", "content")
         out.append({**old, keys[1]: new["content"]})
     return out
+
+
+def chat_request(engine: Any, key: Any, messages: list[dict[str, Any]], sampling: Any, *,
+                 images: list[Any] | None = None, processor: Any = None) -> Any:
+    """A request for the next assistant turn of ``messages``, in the form ``engine`` takes.
+
+    An OpenAI-compatible chat endpoint gets the messages themselves (its server applies the template);
+    with images, the first user turn opens with one ``{"type": "image"}`` part per image and the prompt
+    is the processor's chat template (a multimodal model expands each placeholder into its image tokens);
+    otherwise the tokenizer's chat template, as token ids. Judges and answer generation build their
+    requests here, so every engine sees a conversation the same way."""
+    from lrpipe.engines.base import GenRequest
+
+    if images:
+        first = next(i for i, m in enumerate(messages) if m["role"] == "user")
+        parts = [[{"type": "text", "text": m["content"]}] if isinstance(m["content"], str) else m["content"]
+                 for m in messages]
+        parts[first] = [{"type": "image"} for _ in images] + parts[first]
+        messages = [{"role": m["role"], "content": p} for m, p in zip(messages, parts)]
+    if getattr(engine, "api", None) == "chat":
+        return GenRequest(key=key, prompt="", sampling=sampling, messages=messages, images=images)
+    if images:
+        proc = processor if processor is not None else engine.processor
+        prompt = proc.apply_chat_template(messages, add_generation_prompt=True)
+        return GenRequest(key=key, prompt=prompt, sampling=sampling, messages=messages, images=images)
+    return GenRequest(key=key, prompt=chat_prompt_ids(engine.tokenizer, messages), sampling=sampling,
+                      messages=messages)

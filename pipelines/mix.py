@@ -253,6 +253,14 @@ class MixStage(MapStage):
                     tok_of[lang][x] = int(toks[u.index][i])
         a, b = langs
         paired = [x for x in where[a] if x in where[b]]
+        if not paired and where[a] and where[b]:
+            from lrpipe.errors import InputError
+
+            raise InputError(
+                f"parallel source '{s.name}': its {a} and {b} sides share no id ({len(where[a])} and "
+                f"{len(where[b])} rows): a translation released without its source rows' ids cannot be paired. "
+                f"Name the column both sides have (id_field: uuid), or use the translation as a source of its "
+                f"own (input + language) instead of a parallel one")
         only = {lang: [x for x in where[lang] if x not in where[a if lang == b else b]] for lang in langs}
         pool_ids = paired + (only[a] + only[b] if s.unpaired == "keep" else [])
         # share-independent size per id (mean of both versions), so the sampled id set is the same at

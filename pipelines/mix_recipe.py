@@ -130,13 +130,43 @@ def load_mix_recipe(path: str | Path, **overrides: Any) -> MixRecipe:
             if v is None:
                 continue
             if k == "target_share":
-                for s in data.get("sources") or []:
-                    if isinstance(s, dict) and "parallel" in s:
-                        s["target_share"] = v
+                shares = v if isinstance(v, dict) else {None: v}
+                sources = {s.get("name"): s for s in data.get("sources") or [] if isinstance(s, dict)}
+                unknown = [n for n in shares if n is not None and n not in sources]
+                if unknown:
+                    raise ValueError(f"--target-share names no source of the recipe: {unknown} "
+                                     f"(sources: {list(sources)})")
+                for name, src in sources.items():
+                    share = shares.get(name, shares.get(None))
+                    if share is None:
+                        continue
+                    if "parallel" not in src:
+                        if name in shares:
+                            raise ValueError(f"--target-share {name}=...: source '{name}' is not parallel")
+                        continue
+                    src["target_share"] = share
             else:
                 data[k] = v
 
     return load(MixRecipe, path, RECIPES, kind="mixture recipe", update=update)
+
+
+def parse_target_shares(values: list[str] | None) -> dict[str | None, float] | None:
+    """``--target-share`` as given: ``0.8`` (every parallel source) and ``NAME=0.2`` (one source), repeated;
+    ``None`` when not given. A later value for the same source wins."""
+    if not values:
+        return None
+    out: dict[str | None, float] = {}
+    for v in values:
+        name, _, share = v.rpartition("=")
+        try:
+            x = float(share)
+        except ValueError:
+            raise ValueError(f"--target-share {v!r}: expected SHARE or SOURCE=SHARE with a number") from None
+        if not 0 <= x <= 1:
+            raise ValueError(f"--target-share {v!r}: a share is between 0 and 1")
+        out[name or None] = x
+    return out
 
 
 def _resolve(spec: str, base: Path) -> str:

@@ -323,7 +323,8 @@ def test_pipe_judge_with_images_behind_an_openai_chat_api(tmp_path, tokenizer, e
                         for c in m["content"] if c["type"] == "text")
         text += " ".join(m["content"] for m in body["messages"] if isinstance(m["content"], str))
         pick = "A" if text.split("[Answer A]")[1].split("[Answer B]")[0].strip().startswith("Mendi") else "B"
-        return json.dumps({"relevance_language": pick, "quality": pick, "language_proficiency": pick})
+        return json.dumps({"relevance_language": pick, "quality": pick, "language_proficiency": pick,
+                           "overall": pick})
 
     with TranslatorServer(tokenizer, api_key="sk-judge", owned_by="openai", chat_reply=verdict) as srv:
         r = _run_cli(["judge", "--questions", str(tmp_path / "questions.parquet"), "--answers", str(answers[0]),
@@ -342,7 +343,7 @@ def test_pipe_judge_with_images_behind_an_openai_chat_api(tmp_path, tokenizer, e
                 for c in m["content"] if c["type"] == "image_url"}
         assert {base64.b64decode(u.split(",", 1)[1]) for u in sent} == set(images.values())  # bytes as stored
     battles = ShardDir.open(tmp_path / "battles").read_all().to_pylist()
-    assert len(battles) == 3 * 3  # questions x criteria, one pair
+    assert len(battles) == 3 * 4  # questions x (criteria + overall), one pair
     assert all(b["winner"] == ("model_a" if b["model_a"] == "good" else "model_b") for b in battles)
     assert ShardDir.open(tmp_path / "battles").manifest()["totals"]["rows_rejected"] == 0
 

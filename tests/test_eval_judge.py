@@ -52,7 +52,7 @@ class PositionalJudge(Engine):
             a_part = text.split("[Answer A]")[1].split("[Answer B]")[0]
             good_is_a = "Mendi bat eta ibai" in a_part
             pick = "A" if good_is_a else "B" if "Mendi bat eta ibai" in text else "tie"
-            out = {"relevance_language": pick, "quality": "A", "language_proficiency": pick}
+            out = {"relevance_language": pick, "quality": "A", "language_proficiency": pick, "overall": pick}
             if k == 0 and attempt == 0 and order == 0 and q.key[0] == 0:
                 yield GenResult(key=q.key, text='{"relevance_language": "A", "qua', finish_reason="length",
                                 prompt_tokens=len(q.prompt), output_tokens=10)
@@ -75,7 +75,7 @@ def test_both_orders_ties_retries_and_accounting(tmp_path, tokenizer):
     pairs = 7 * 3  # 3 models -> 3 pairs per question
     assert m["totals"]["rows_in"] == pairs and m["totals"]["rejected_by_reason"] == {"missing_answer": 2}
     rows = sd.read_all().to_pylist()
-    assert rep.rows_out == len(rows) == (pairs - 2) * 3
+    assert rep.rows_out == len(rows) == (pairs - 2) * 4  # three criteria and the overall verdict
     for r in rows:
         models = {r["model_a"], r["model_b"]}
         if r["criterion"] == "quality":
@@ -113,7 +113,7 @@ def test_judge_end_to_end_on_the_embedded_model(tmp_path, vllm_engine):
     assert sd.manifest()["totals"]["balanced"] and rows
     assert all(r["verdict_ab"] in ("A", "B", "tie") and r["verdict_ba"] in ("A", "B", "tie") for r in rows)
     assert all(r["winner"] in ("model_a", "model_b", "tie") for r in rows)
-    assert {r["criterion"] for r in rows} == {"relevance_language", "quality", "language_proficiency"}
+    assert {r["criterion"] for r in rows} == {"relevance_language", "quality", "language_proficiency", "overall"}
 
 
 def test_an_mllm_judge_sees_the_image(tmp_path, tokenizer):
@@ -143,7 +143,7 @@ def test_an_mllm_judge_sees_the_image(tmp_path, tokenizer):
                     continue
                 self.seen.append(q)
                 yield GenResult(key=q.key, text=json.dumps({"relevance_language": "A", "quality": "B",
-                                                            "language_proficiency": "tie"}),
+                                                            "language_proficiency": "tie", "overall": "A"}),
                                 finish_reason="stop", prompt_tokens=1, output_tokens=1)
 
     eng = ImageJudge("mllm", tokenizer)

@@ -199,3 +199,51 @@ def test_report_reads_lm_evals_own_layout(tmp_path):
     assert res.exit_code == 0, res.output
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| model | en | eu |" in md and "| model | 80.00 (1/9 tasks) | 65.00 (2/14 tasks) |" in md
+
+
+def test_letter_choice_for_a_model_behind_an_api(tmp_path, env, tokenizer):
+    """An OpenAI-compatible chat endpoint scored as the study scored GPT-4o and Claude: lm-eval's own
+    prompts (system instruction, 5 few-shot turns answered with letters), the letter parsed from the reply,
+    a reply without one counted wrong and reported, and a log-likelihood task (BL2MP) named as missing."""
+    import re
+    import subprocess
+
+    from .conftest import PIPE
+    from .fakes import TranslatorServer
+
+    pytest.importorskip("lm_eval")
+    data = tmp_path / "data"
+    data.mkdir()
+    _local_copies(data)
+
+    def reply(body):
+        msgs = body["messages"]
+        question = msgs[-1]["content"]
+        if m := re.search(r"Zenbat da (\d+)\+1\?", question):  # mmlu_eu: the gold is always B
+            i = int(m.group(1))
+            return "Erantzuna: B" if i % 2 == 0 else "(C)" if i % 4 == 1 else "Ez dakit"
+        return "A"  # bertaqa: right when the gold index is 0
+
+    with TranslatorServer(tokenizer, chat_reply=reply) as srv:
+        r = subprocess.run(PIPE + ["eval", "text", "--backend", "openai", "--base-url", srv.url, "--model", "gpt-4o",
+                                   "--langs", "eu", "--tasks", "mmlu_eu,bertaqa_eu_local,bl2mp", "--local-data",
+                                   str(data), "--allow-missing", "--out", str(tmp_path / "run")],
+                           capture_output=True, text=True, env=env | {"HF_DATASETS_OFFLINE": "1"}, timeout=600)
+        bodies = list(srv.bodies)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    rows = {x["task"]: x for x in res["rows"]}
+    assert rows["mmlu_eu"]["score"] == pytest.approx(4 / 8)  # i even right; i = 1, 5 wrong; i = 3, 7 no letter
+    local_gold = [i % 3 for i in range(16) if i % 2]  # the Local half of the rows
+    assert rows["bertaqa_eu_local"]["score"] == pytest.approx(sum(g == 0 for g in local_gold) / 8)
+    assert rows["bl2mp"]["score"] is None and "log-probabilities" in rows["bl2mp"]["missing"]
+    assert res["averages"]["eu"]["tasks"] == 2 and res["averages"]["eu"]["of"] == 3
+    samples = [json.loads(x) for x in (tmp_path / "run" / "samples_letters_mmlu_eu.jsonl").read_text().splitlines()]
+    assert sum(s["parsed"] is None for s in samples) == 2 and all(s["gold"] == "B" for s in samples)
+    # the prompt: the study's instruction, then five few-shot turns whose answers are letters, then the question
+    first = bodies[0]["messages"]
+    assert first[0] == {"role": "system", "content": "Respond always with a single letter: A, B, C or D."}
+    roles = [m["role"] for m in first[1:]]
+    assert roles == ["user", "assistant"] * 5 + ["user"]
+    assert all(m["content"].strip() in ("A", "B", "C", "D") for m in first[1:] if m["role"] == "assistant")
+    assert len(bodies) == 16 and all(b["temperature"] == 0.0 for b in bodies)

@@ -312,7 +312,7 @@ def test_shipped_recipes_load_by_name():
     from lrpipe.pipelines.mix import RECIPES, load_mix_recipe
 
     names = sorted(p.stem for p in RECIPES.glob("*.yaml"))
-    assert {"mm-80-20", "captions-80-20"} <= set(names)
+    assert {"captions-80-20", "pixmo-ama", "mm-stage2"} <= set(names)
     for n in names:
         r = load_mix_recipe(n)
         assert r.name == n and r.sources

@@ -123,12 +123,14 @@ class RecipeOverrides:
     id_field: str | None = None
     src_name: str | None = None
     tgt_name: str | None = None
+    conversation_field: str | None = None
 
     def as_recipe(self) -> dict[str, Any]:
         """As :func:`lrpipe.pipelines.translate.load_recipe` names them."""
         return {"source_lang": self.src, "target_lang": self.tgt, "format": self.fmt, "retries": self.retries,
                 "seed": self.seed, "max_tokens": self.max_tokens, "sample": self.sample, "split": self.split,
-                "id_field": self.id_field, "source_name": self.src_name, "target_name": self.tgt_name}
+                "id_field": self.id_field, "source_name": self.src_name, "target_name": self.tgt_name,
+                "conversation_field": self.conversation_field}
 
 
 register_group("recipe_options", RecipeOverrides, {
@@ -148,6 +150,8 @@ register_group("recipe_options", RecipeOverrides, {
     "src_name": Annotated[str | None, typer.Option("--src-name", help="Source language name used in prompts.")],
     "tgt_name": Annotated[str | None, typer.Option("--tgt-name", help="Target language name used in prompts (for "
                                                    "codes the built-in table lacks).")],
+    "conversation_field": Annotated[str | None, typer.Option(help="Column holding the conversations of a "
+                                                             "conversation recipe (default: the recipe's).")],
 })
 
 
@@ -197,7 +201,7 @@ def translate_cmd(
         return
     if out is None:
         raise PipeError("--out is required")
-    if rec.sample or rec.select:  # benchmarks: select, then a seeded sample, kept in English too
+    if rec.sample or rec.select or rec.kept_ids() is not None:  # benchmarks: select, sample, kept in English too
         source, out = tr.sample_first(source, rec, out, run.kwargs())
     if model is None and rec.model:
         typer.echo(f"note: translating with the embedded model; recipe {rec.name} was designed for "
@@ -357,8 +361,9 @@ def pack_cmd(
 def mix_cmd(
     recipe: str = typer.Argument(..., help="Mixture recipe YAML (or the word 'grid': the study's data grid)."),
     out: Path = typer.Option(..., help="Output shard directory (grid: a folder for the recipes and mixtures)."),
-    target_share: float | None = typer.Option(None, help="Share of ids in the target language for every "
-                                              "parallel source (overrides the recipe)."),
+    target_share: list[str] | None = typer.Option(None, help="Share of ids in the target language: SHARE for every "
+                                                  "parallel source, or SOURCE=SHARE for one (repeat); overrides "
+                                                  "the recipe."),
     seed: int | None = typer.Option(None, help="Sampling and swap seed (overrides the recipe)."),
     tokenizer: str | None = typer.Option(None, help="Tokenizer counting tokens as 'pipe pack' will (overrides "
                                          "the recipe; default: the embedded model; 'none': rows only)."),
@@ -389,8 +394,9 @@ def mix_cmd(
     if any(x is not None for x in (corpus, instructions_en, instructions_tgt, instruction_rows)) or build:
         raise PipeError("--corpus/--instructions-*/--instruction-rows/--build are options of 'pipe mix grid'")
     from lrpipe.pipelines.mix import load_mix_recipe
+    from lrpipe.pipelines.mix_recipe import parse_target_shares
 
-    rec = load_mix_recipe(recipe, target_share=target_share, seed=seed, tokenizer=tokenizer)
+    rec = load_mix_recipe(recipe, target_share=parse_target_shares(target_share), seed=seed, tokenizer=tokenizer)
     rep = build_mix(rec, out, **opts)
     typer.echo(f"{rep.out}: {rep.rows_out} rows   (inspect: pipe show {rep.out})")
 

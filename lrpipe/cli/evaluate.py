@@ -15,6 +15,7 @@ from lrpipe.cli.common import (
     eval_app,
     options,
 )
+from lrpipe.errors import PipeError
 
 
 @app.command("arena")
@@ -40,21 +41,74 @@ def arena_cmd(
     typer.echo(f"{out}: {len(res['groups'])} rating tables and figures")
 
 
+@app.command("answer")
+@cli_errors
+@options("run", "engine")
+def answer_cmd(
+    input: str = typer.Option(..., help="Prompt rows: a shard directory, files, or a Hub dataset (one turn per row "
+                              "in a text column, several in a list column or a conversation)."),
+    out: Path = typer.Option(..., help="Folder with one shard directory of answers per model (<out>/<name>)."),
+    model: list[str] | None = typer.Option(None, help="Model to answer (repeat for several, run one after "
+                                            "another; default: the embedded model)."),
+    name: list[str] | None = typer.Option(None, help="Name of each model in the answers (default: its folder or "
+                                          "Hub name); repeat in --model's order."),
+    recipe: str | None = typer.Option(None, help="Answer settings: a YAML or a shipped name (arena: the "
+                                      "instruction study's system prompt, T 0.9, top-p 0.95; wildvision)."),
+    system_prompt: str | None = typer.Option(None, help="System prompt text (overrides the recipe's)."),
+    prompt_field: str | None = typer.Option(None, help="Prompt column (default: turns, instruction, prompt, "
+                                            "question, else a conversation's user turns)."),
+    image_field: str | None = typer.Option(None, help="Image column: the first turn shows it (vllm, a multimodal "
+                                           "model on transformers, or openai --openai-api chat)."),
+    temperature: float | None = typer.Option(None),
+    top_p: float | None = typer.Option(None),
+    max_tokens: int | None = typer.Option(None),
+    seed: int | None = typer.Option(None),
+    split: str = typer.Option("train", help="Split of a Hub dataset."),
+    id_field: str | None = typer.Option(None, help="Id column (default: id, uuid, question_id, ...)."),
+    *,
+    run: RunOptions,
+    engine: EngineOptions,
+) -> None:
+    """A model's answers to a prompt set (text, or image + text; one or several turns) through the engine
+    layer: one resumable shard directory per model, which pipe judge, pipe arena and pipe eval safety read."""
+    from lrpipe.eval.answer import AnswerStage, load_answer_config, model_names
+    from lrpipe.runner import run_stage
+    from lrpipe.sources import open_source
+
+    cfg = load_answer_config(recipe, system_prompt=system_prompt, prompt_field=prompt_field, image_field=image_field,
+                             temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    models = list(model or [None])
+    names = model_names([m or "embedded" for m in models], list(name) if name else None)
+    source = open_source(input, split=split, rows_per_unit=cfg.rows_per_unit, id_field=id_field)
+    for m, n in zip(models, names):
+        eng, _ = engine.start(m, run)
+        try:
+            rep = run_stage(AnswerStage(source, eng, n, cfg), out / n, engine=eng, **run.kwargs())
+        finally:
+            eng.close()
+        typer.echo(f"{rep.out}: {rep.rows_out} answers of {n}, {rep.rows_rejected} rejected")
+    typer.echo(f"judge them: pipe judge --answers {out} --language LANG --out DIR")
+
+
 @app.command("judge")
 @cli_errors
 @options("run", "engine")
 def judge_cmd(
-    questions: Path = typer.Option(..., help="Questions file: id and question columns."),
-    answers: list[Path] = typer.Option(..., help="One answers file per model (id, answer[, model]); repeat."),
+    answers: list[Path] = typer.Option(..., help="Answers of each model: pipe answer's --out (a folder of shard "
+                                       "directories), shard directories, or files (id, answer[, model]); repeat."),
     out: Path = typer.Option(..., help="Output shard directory of battles (pipe arena reads it)."),
+    questions: Path | None = typer.Option(None, help="Questions (file or shard directory: id and question columns); "
+                                          "default: the first answers directory, whose rows hold their questions."),
     model: str | None = typer.Option(None, help="Judge model (default: the embedded model)."),
     criteria: Path | None = typer.Option(None, help="Criteria YAML (default: the multimodal study's three)."),
     language: str = typer.Option(..., help="Code of the language the answers must be written in (e.g. eu)."),
     language_name: str | None = typer.Option(None, help="Its name in the prompt (default: from the code)."),
-    question_field: str = typer.Option("question"),
+    question_field: str | None = typer.Option(None, help="Question column (default: question, instruction, prompt)."),
     image_field: str | None = typer.Option(None, help="Column of the questions file with the image (bytes, "
                                            "{bytes, path} or a path): an MLLM judge sees it (vllm engine, or "
                                            "openai with --openai-api chat)."),
+    overall: bool = typer.Option(True, "--overall/--no-overall", help="Ask for an overall verdict too (criterion "
+                                 "overall), weighing the criteria in their order."),
     retries: int = typer.Option(2, help="Retries of an invalid verdict, each with a new seed."),
     seed: int = typer.Option(0),
     rows_per_unit: int = typer.Option(50, help="Questions per unit."),
@@ -62,21 +116,35 @@ def judge_cmd(
     run: RunOptions,
     engine: EngineOptions,
 ) -> None:
-    """Pairwise LLM-as-judge: every pair of models on every question, both orders, tie when they disagree."""
-    from lrpipe.eval.judge import JudgeStage, load_criteria, read_answers, read_questions
+    """Pairwise LLM-as-judge: every pair of models on every question, both orders, tie when they disagree;
+    then the win / tie / loss table per pair and criterion."""
+    from lrpipe.eval.arena import read_battles, win_tie_loss, wtl_markdown
+    from lrpipe.eval.judge import (
+        JudgeStage,
+        answer_paths,
+        load_criteria,
+        question_field_of,
+        read_answers,
+        read_questions,
+    )
     from lrpipe.languages import language_name as name_of
     from lrpipe.runner import run_stage
 
-    qs = read_questions(questions, ["id", question_field, *([image_field] if image_field else [])])
+    qpath = questions or answer_paths(list(answers))[0]
+    qs = read_questions(qpath, ["id"])
+    qf = question_field_of(qs, question_field, str(qpath))
+    read_questions(qpath, ["id", qf, *([image_field] if image_field else [])])  # every row has them
     name = name_of(language, language_name)
     crit = load_criteria(criteria, name)
     ans = read_answers(list(answers))
     eng, model_id = engine.start(model, run)
-    stage = JudgeStage(qs, ans, eng, model_id, crit, language, question_field=question_field,
-                       image_field=image_field, rows_per_unit=rows_per_unit, retries=retries, seed=seed)
+    stage = JudgeStage(qs, ans, eng, model_id, crit, language, question_field=qf, image_field=image_field,
+                       rows_per_unit=rows_per_unit, retries=retries, seed=seed, overall=overall)
     rep = run_stage(stage, out, engine=eng, **run.kwargs())
     typer.echo(f"{rep.out}: {rep.rows_out} battle rows, {rep.rows_rejected} pairs rejected   "
                f"(rate: pipe arena {rep.out} --out DIR)")
+    if rep.complete:
+        typer.echo(wtl_markdown(win_tie_loss(read_battles([out])), f"Win / tie / loss: judge {model_id}"))
 
 
 @eval_app.command("mm")
@@ -114,7 +182,15 @@ def eval_text(
     langs: str = typer.Option("eu,en,es", help="Languages of the suite to run."),
     tasks: str | None = typer.Option(None, help="Only these tasks of the suite (comma-separated)."),
     limit: int | None = typer.Option(None, help="Documents per task (smoke tests)."),
-    backend: str | None = typer.Option(None, help="lm-eval model type: vllm (default when installed) or hf."),
+    backend: str | None = typer.Option(None, help="vllm (default when installed), hf, or openai: a model behind an "
+                                       "OpenAI-compatible chat endpoint, scored by letter choice as the study scored "
+                                       "GPT-4o and Claude."),
+    base_url: str | None = typer.Option(None, help="--backend openai: the server's /v1 URL."),
+    api_key: str | None = typer.Option(None, envvar="OPENAI_API_KEY", help="--backend openai: API key."),
+    max_concurrency: int = typer.Option(8, help="--backend openai: requests in flight."),
+    system_instruction: str | None = typer.Option(None, help="--backend openai: the letter-choice instruction "
+                                                  "(default: the study's 'Respond always with a single letter: "
+                                                  "A, B, C or D.')."),
     model_args: str = typer.Option("", help="Extra lm-eval model_args, e.g. 'dtype=bfloat16,tensor_parallel_size=4'."),
     local_data: Path | None = typer.Option(None, help="Folder with <task>.jsonl copies of our own tasks' data."),
     no_bias: bool = typer.Option(False, "--no-bias", help="Skip BBQ/BasqBBQ."),
@@ -142,24 +218,34 @@ def eval_text(
 
     hub = ({"hub_results_org": hub_results_org, "push_results_to_hub": True,
             "push_samples_to_hub": log_samples} if hub_results_org else None)
-    res = run_text_suite(resolve_model(model), out, suite=suite, langs=lang_list, tasks=only, limit=limit,
-                         backend=backend, local_data=local_data, bias=not no_bias,
+    api = None
+    if backend == "openai":
+        if not model:
+            raise PipeError("--backend openai needs --model: the model name the server knows (gpt-4o, ...)")
+        api = {"base_url": base_url, "api_key": api_key, "max_concurrency": max_concurrency,
+               "instruction": system_instruction}
+    res = run_text_suite(model if backend == "openai" else resolve_model(model), out, suite=suite, langs=lang_list,
+                         tasks=only, limit=limit, backend=backend, local_data=local_data, bias=not no_bias,
                          batch_size=int(batch_size) if batch_size.isdigit() else batch_size,
                          model_args=model_args, log_samples=log_samples, allow_missing=allow_missing,
-                         wandb_args=wandb_args, hub_log_args=hub)
+                         wandb_args=wandb_args, hub_log_args=hub, api=api)
     typer.echo(results_markdown(res))
 
 
 @eval_app.command("report")
 @cli_errors
 def eval_report(
-    runs: list[Path] = typer.Argument(..., help="Run folders of pipe eval text / pipe eval mm / pipe arena."),
-    out: Path = typer.Option(..., help="Folder for report.md and the figures."),
+    runs: list[str] = typer.Argument(..., help="Run folders of pipe eval text / eval mm / arena / train, each "
+                                     "optionally named: NAME=PATH."),
+    out: Path = typer.Option(..., help="Folder for report.md, report.json and the figures."),
+    suite: str = typer.Option("latxa", help="Suite whose relative_tasks Figure 5 averages."),
+    target: str | None = typer.Option(None, help="Target language code (default: the suite's first)."),
 ) -> None:
-    """Gather runs into one table per kind (a row per model) and a figure of the per-language averages."""
+    """Gather runs into one table per kind (a row per model) and the instruction study's analyses:
+    backbone x data grouping, benchmark-arena Spearman, change relative to the backbone, compute per run."""
     from lrpipe.eval.report import run_report
 
-    typer.echo(run_report(list(runs), out))
+    typer.echo(run_report(list(runs), out, suite=suite, target=target))
 
 
 @eval_app.command("correlate")
@@ -181,13 +267,22 @@ def eval_correlate(
 @cli_errors
 def eval_safety(
     annotations: Path = typer.Argument(..., help="Annotated answers: model, language, category, prompt_type "
-                                       "(unsafe|safe) and labels (violation|refusal|ok per annotator)."),
+                                       "(unsafe|safe) and labels (violation|refusal|ok per annotator); or, with "
+                                       "--answers, labels only: id, annotator, label [, model]."),
+    answers: list[Path] | None = typer.Option(None, help="pipe answer output (its --out, or shard directories) "
+                                              "the labels are about; repeat."),
     out: Path | None = typer.Option(None, help="Write the rates as JSON here."),
 ) -> None:
     """Violation rate and false-refusal rate per model, language and category, with agreement."""
-    from lrpipe.eval.agreement import read_rows, safety_rates
+    from lrpipe.eval.agreement import labelled_answers, read_rows, safety_rates
 
-    res = safety_rates(read_rows(annotations), source=str(annotations))
+    rows = read_rows(annotations)
+    if answers:
+        from lrpipe.eval.judge import answer_paths
+
+        rows = labelled_answers([r for p in answer_paths(list(answers)) for r in read_rows(p)], rows,
+                                source=str(annotations))
+    res = safety_rates(rows, source=str(annotations))
     if out:
         out.write_text(json.dumps(res, indent=2) + "\n")
     typer.echo("| model | language | category | VR | FRR | Fleiss kappa | agreement |\n|---|---|---|---:|---:|---:|---:|")

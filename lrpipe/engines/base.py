@@ -125,6 +125,15 @@ class Engine(abc.ABC):
             self._tokenizer = AutoTokenizer.from_pretrained(self.model)
         return self._tokenizer
 
+    @property
+    def processor(self) -> Any:
+        """A multimodal model's processor (its chat template renders image placeholders)."""
+        if getattr(self, "_processor", None) is None:
+            from transformers import AutoProcessor
+
+            self._processor = AutoProcessor.from_pretrained(self.model)
+        return self._processor
+
     @abc.abstractmethod
     def generate(self, requests: Iterable[GenRequest | Wait]) -> Iterator[GenResult]:
         """Yield one result per request, as they finish. Never raises for a single bad request: that

@@ -23,7 +23,18 @@ _NO_GROUP = object()
 
 
 def cpu_supports_bf16() -> bool:
-    """bf16 is emulated (several times slower) on CPUs without AVX512-BF16 or AMX."""
+    """bf16 is emulated (several times slower) on CPUs without AVX512-BF16 or AMX, and so it is where the
+    kernels are held below them (``ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA=AVX2``, as
+    ``scripts/test-elsewhere.sh`` does to run like an AVX2 machine; vLLM's bf16 kernels then stop on an
+    illegal instruction): float32 there."""
+    import os
+
+    aten = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    held_down = aten in ("default", "avx", "avx2") or (
+        onednn not in ("", "ALL", "DEFAULT") and "BF16" not in onednn and "AMX" not in onednn)
+    if held_down:
+        return False
     try:
         flags = open("/proc/cpuinfo").read()
     except OSError:
@@ -51,8 +62,21 @@ class TransformersEngine(Engine):
             tdtype = getattr(torch, dtype)
         self.dtype = tdtype
         self.batch_size = batch_size
-        self.hf_model = AutoModelForCausalLM.from_pretrained(model, dtype=tdtype).to(self.device).eval()
-        self.max_model_len = max_model_len or getattr(self.hf_model.config, "max_position_embeddings", 8192)
+        self._processor = None
+        if is_vision_model(model):
+            # an image-text-to-text model (LLaVA-style): the processor expands each image placeholder of
+            # a prompt into the model's image tokens and makes the pixel values for the prefill
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+
+            self.supports_images = True
+            self._processor = AutoProcessor.from_pretrained(model)
+            self._tokenizer = self._processor.tokenizer
+            self.hf_model = AutoModelForImageTextToText.from_pretrained(model, dtype=tdtype).to(self.device).eval()
+            text_cfg = getattr(self.hf_model.config, "text_config", self.hf_model.config)
+        else:
+            self.hf_model = AutoModelForCausalLM.from_pretrained(model, dtype=tdtype).to(self.device).eval()
+            text_cfg = self.hf_model.config
+        self.max_model_len = max_model_len or getattr(text_cfg, "max_position_embeddings", 8192)
         tok = self.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self._json_cache: dict[str, Any] = {}
@@ -66,6 +90,12 @@ class TransformersEngine(Engine):
     def context_length(self) -> int | None:
         return int(self.max_model_len)
 
+    @property
+    def processor(self) -> Any:
+        if self._processor is None:
+            return super().processor
+        return self._processor
+
     def generate(self, requests: Iterable[GenRequest]) -> Iterator[GenResult]:
         batch: list[GenRequest] = []
         group: Any = _NO_GROUP
@@ -75,10 +105,12 @@ class TransformersEngine(Engine):
                     yield from self._run_batch(batch)
                     batch = []
                 continue
-            if req.images:
+            if req.images and not self.supports_images:
                 yield self._text_only(req)
                 continue
-            if batch and (len(batch) >= self.batch_size or req.group != group):
+            # a batch holds requests of one unit, all with images or all without
+            if batch and (len(batch) >= self.batch_size or req.group != group
+                          or bool(req.images) != bool(batch[0].images)):
                 yield from self._run_batch(batch)
                 batch = []
             group = req.group
@@ -107,7 +139,11 @@ class TransformersEngine(Engine):
 
     def _decode(self, reqs: list[GenRequest]) -> list[GenResult]:
         torch = self.torch
-        prompts = [self._encode(r.prompt) for r in reqs]
+        pixels = None
+        if reqs[0].images:
+            prompts, pixels = self._with_images(reqs)
+        else:
+            prompts = [self._encode(r.prompt) for r in reqs]
         for r, p in zip(reqs, prompts):
             if not p:
                 raise ValueError(f"request {r.key!r}: empty prompt")
@@ -116,7 +152,8 @@ class TransformersEngine(Engine):
                                  f"{self.max_model_len}")
         B = len(reqs)
         ids, mask, pos = self._left_padded(prompts)
-        out = self.hf_model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        extra = {"pixel_values": pixels} if pixels is not None else {}
+        out = self.hf_model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **extra)
         past = out.past_key_values
         logits = out.logits[:, -1, :]
 
@@ -165,6 +202,18 @@ class TransformersEngine(Engine):
                                      prompt_tokens=len(prompts[i]), output_tokens=len(out_ids[i]),
                                      token_ids=out_ids[i]))
         return results
+
+    def _with_images(self, reqs: list[GenRequest]) -> tuple[list[list[int]], Any]:
+        """Token ids of prompts with image placeholders, each expanded by the processor into the model's
+        image tokens, and the batch's pixel values (the images of every request, in order)."""
+        prompts, images = [], []
+        for r in reqs:
+            if not isinstance(r.prompt, str):
+                raise ValueError(f"request {r.key!r}: a prompt with images must be text with the image placeholder")
+            enc = self.processor(text=[r.prompt], images=list(r.images or []), return_tensors="pt")
+            prompts.append(enc["input_ids"][0].tolist())
+            images.append(enc["pixel_values"])
+        return prompts, self.torch.cat(images).to(self.device, self.dtype)
 
     def _left_padded(self, prompts: list[list[int]]) -> tuple[Any, Any, Any]:
         """Token ids, attention mask and positions of a batch, left-padded so every row ends together."""
@@ -232,6 +281,18 @@ class TransformersEngine(Engine):
                 greedy = bool((logp[i, positions].argmax(-1).cpu() == targets).all().item())
                 results.append(ScoreResult(key=r.key, logprob=lp, is_greedy=greedy, num_tokens=len(targets)))
         return results
+
+
+def is_vision_model(path: str) -> bool:
+    """Whether the model folder holds an image-text-to-text model (its config has a vision part)."""
+    import json
+    import os
+
+    cfg = os.path.join(path, "config.json")
+    if not os.path.exists(cfg):
+        return False
+    with open(cfg) as fh:
+        return "vision_config" in json.load(fh)
 
 
 def _sample(torch: Any, logits: Any, temperature: float, top_p: float, gen: Any) -> int:

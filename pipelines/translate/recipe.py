@@ -72,6 +72,11 @@ class Recipe(BaseModel):
     #: rows kept before sampling: ``{column: regex}``, every regex must match the column's text
     #: (PixMo-CapQA: answers starting with yes/no)
     select: dict[str, str] = Field(default_factory=dict)
+    #: the ids of the rows to keep (a benchmark filtered by hand: the multimodal study kept 199 of
+    #: WildVision's 500 questions), listed here or in ``keep_ids_file`` (one id per line, relative to the
+    #: recipe); the others are ``not_selected``
+    keep_ids: list[str] | None = None
+    keep_ids_file: str | None = None
     fields: Fields
     answers_count: int | None = None
     fewshot: str | None = None
@@ -96,6 +101,8 @@ class Recipe(BaseModel):
                 re.compile(rx)
             except re.error as e:
                 raise ValueError(f"select.{col}: invalid regex ({e})") from e
+        if self.keep_ids is not None and self.keep_ids_file is not None:
+            raise ValueError("give keep_ids or keep_ids_file, not both")
         if self.sample is not None and self.sample < 0:
             raise ValueError("sample must be >= 0 (0: every row)")
         f = self.fields
@@ -117,6 +124,19 @@ class Recipe(BaseModel):
         cols += [c for c in (f.question, f.answer, f.answers) if c]
         return [c for c in cols if c] + list(self.select)
 
+    def kept_ids(self) -> set[str] | None:
+        """The ids the recipe keeps (``keep_ids`` or the lines of ``keep_ids_file``), or None for all."""
+        if self.keep_ids is not None:
+            return {str(x) for x in self.keep_ids}
+        if self.keep_ids_file is None:
+            return None
+        from lrpipe.errors import InputError
+
+        path = Path(self.keep_ids_file)
+        if not path.exists():
+            raise InputError("keep_ids_file not found", path=str(path))
+        return {ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")}
+
     def output_column(self, col: str) -> str:
         return f"{col}_{self.target_lang}"
 
@@ -129,7 +149,10 @@ def load_recipe(name_or_path: str, **overrides: Any) -> Recipe:
     """A shipped recipe by name, or a YAML file by path; ``overrides`` (None values ignored) win."""
     from lrpipe.config_files import load
 
-    def update(doc: dict[str, Any], _path: Path) -> None:
+    def update(doc: dict[str, Any], path: Path) -> None:
+        ids_file = doc.get("keep_ids_file")
+        if isinstance(ids_file, str) and not Path(ids_file).is_absolute():
+            doc["keep_ids_file"] = str(path.parent / ids_file)  # relative to the recipe
         for k, v in overrides.items():
             if v is None:
                 continue
@@ -137,6 +160,11 @@ def load_recipe(name_or_path: str, **overrides: Any) -> Recipe:
                 doc.setdefault("sampling", {})[k] = v
             elif k == "id_field":
                 doc.setdefault("fields", {})["id"] = v
+            elif k == "conversation_field":
+                if (doc.get("fields") or {}).get("messages"):
+                    raise ValueError("--conversation-field: this recipe reads its messages from several columns "
+                                     "(fields.messages), not one conversation column")
+                doc.setdefault("fields", {})["conversation"] = v
             else:
                 doc[k] = v
 

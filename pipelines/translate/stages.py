@@ -49,11 +49,13 @@ class SampleStage(MapStage):
 
     def __init__(self, source: Source, recipe: Recipe, n: int | None, seed: int) -> None:
         self.source, self.recipe, self.n, self.seed = source, recipe, n, seed
+        self._kept_ids = recipe.kept_ids()
         self._chosen: dict[int, set[int]] | None = None
         self._selected: dict[int, set[int]] = {}
 
     def config(self) -> dict[str, Any]:
-        return {"n": self.n, "seed": self.seed, "select": self.recipe.select, "input": self.source.identity()}
+        return {"n": self.n, "seed": self.seed, "select": self.recipe.select, "input": self.source.identity(),
+                "keep_ids": sorted(self._kept_ids) if self._kept_ids is not None else None}
 
     def inputs(self) -> list[dict[str, Any]]:
         return [self.source.describe()]
@@ -62,10 +64,12 @@ class SampleStage(MapStage):
         return self.source.units()
 
     def _select(self, t: pa.Table) -> list[int]:
+        keep = self._kept_ids
+        ids = t.column("id").to_pylist() if keep is not None else None
         if not self.recipe.select:
-            return list(range(t.num_rows))
+            return [i for i in range(t.num_rows) if keep is None or ids[i] in keep]
         rows = t.select([c for c in self.recipe.select if c in t.column_names]).to_pylist()
-        return [i for i, r in enumerate(rows) if selected(r, self.recipe.select)]
+        return [i for i, r in enumerate(rows) if selected(r, self.recipe.select) and (keep is None or ids[i] in keep)]
 
     def chosen(self) -> dict[int, set[int]]:
         if self._chosen is None:
@@ -98,7 +102,8 @@ class SampleStage(MapStage):
         rest = [i for i in range(t.num_rows) if i not in chosen]
         reasons = ["not_sampled" if i in sel else "not_selected" for i in rest]
         details = {"not_sampled": f"outside the seeded sample of {self.n}",
-                   "not_selected": f"does not match select {self.recipe.select}"}
+                   "not_selected": f"does not match select {self.recipe.select}" if self.recipe.select
+                   else "not among the recipe's keep_ids"}
         rejected = pa.table({"id": t.column("id").take(pa.array(rest, pa.int64())),
                              REJECT_REASON: pa.array(reasons, pa.string()),
                              REJECT_DETAIL: pa.array([details[r] for r in reasons], pa.string())})
