@@ -34,7 +34,6 @@ Last line: ``RESULT mt ratio=<ours / strongest baseline sentences/s> target=1 ..
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -103,36 +102,16 @@ def measure(path: str, column: str) -> None:
 
 
 def build_model(d: Path, texts: list[str], d_model: int, layers: int, max_length: int, num_beams: int) -> str:
-    import sentencepiece as spm
     import torch
-    from transformers import GenerationConfig, MarianConfig, MarianMTModel, MarianTokenizer
 
-    (d / "corpus.txt").write_text("\n".join(texts))
-    for side in ("source", "target"):
-        spm.SentencePieceTrainer.train(input=str(d / "corpus.txt"), model_prefix=str(d / side), vocab_size=400, hard_vocab_limit=False,
-                                       character_coverage=1.0, bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0,
-                                       minloglevel=2)
-    sp = spm.SentencePieceProcessor(model_file=str(d / "source.model"))
-    vocab = {"</s>": 0, "<unk>": 1}
-    for i in range(sp.get_piece_size()):
-        vocab.setdefault(sp.id_to_piece(i), len(vocab))
-    vocab["<pad>"] = len(vocab)
-    (d / "vocab.json").write_text(json.dumps(vocab))
-    tok = MarianTokenizer(str(d / "source.model"), str(d / "target.model"), str(d / "vocab.json"),
-                          model_max_length=512)
-    cfg = MarianConfig(vocab_size=len(vocab), d_model=d_model, encoder_layers=layers, decoder_layers=layers,
-                       encoder_attention_heads=8, decoder_attention_heads=8, encoder_ffn_dim=4 * d_model,
-                       decoder_ffn_dim=4 * d_model, max_position_embeddings=512, pad_token_id=vocab["<pad>"],
-                       eos_token_id=0, decoder_start_token_id=vocab["<pad>"])
+    from lrpipe.model_init import marian_from_texts
+
     torch.manual_seed(0)
-    model = MarianMTModel(cfg)
-    with torch.no_grad():
-        model.final_logits_bias[0, 0] = -20.0  # no early EOS: every output has max_length tokens
-    model.generation_config = GenerationConfig(max_length=max_length, num_beams=num_beams, eos_token_id=0,
-                                               decoder_start_token_id=vocab["<pad>"], pad_token_id=vocab["<pad>"])
-    out = d / "model"
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    # EOS improbable (bias -20): every output has max_length tokens
+    out = marian_from_texts(d / "model", texts, vocab_size=400, max_length=max_length, num_beams=num_beams,
+                            eos_bias=-20.0, d_model=d_model, encoder_layers=layers, decoder_layers=layers,
+                            encoder_attention_heads=8, decoder_attention_heads=8, encoder_ffn_dim=4 * d_model,
+                            decoder_ffn_dim=4 * d_model, max_position_embeddings=512)
     return str(out)
 
 

@@ -26,11 +26,20 @@ from lrpipe.errors import InputError
 
 # ------------------------------------------------------------------------------------------ lineage
 def model_label(path: str | Path) -> str:
-    """The name a model goes by in reports: a training run's folder for its export (``runs/X/final`` is
-    X), else the last part of its path or Hub id."""
+    """The name a model goes by in reports: a training run's name for its export (``--run-name``, else
+    the run's folder: ``runs/X/final`` is X), else the last part of its path or Hub id (``embedded`` is
+    the embedded model's own name)."""
     p = Path(str(path).rstrip("/"))
     if p.name in ("final", "export", "hf") and (p.parent / "config.json").exists():
-        return p.parent.name
+        try:
+            name = json.loads((p.parent / "config.json").read_text()).get("run_name")
+        except (OSError, json.JSONDecodeError):
+            name = None
+        return str(name or p.parent.name)
+    if str(path) == "embedded":
+        from lrpipe.models import DEFAULT_MODEL
+
+        return Path(DEFAULT_MODEL).name
     return p.name or str(path)
 
 
@@ -128,6 +137,8 @@ def correlations(text: list[dict[str, Any]], arena: dict[str, dict[str, float]],
                 continue
             res = spearmanr([scores[m] for m in shared], [rating[m] for m in shared])
             rho, p = float(res.statistic), float(res.pvalue)
+            if rho != rho:  # a constant series (every model the same score): no rank correlation
+                rho = p = None
             out.append({"language": lang, "benchmark": bench, "dimension": dim, "rho": rho, "p": p,
                         "models": len(shared)})
     return out
@@ -184,7 +195,7 @@ def compute_of_run(run: str | Path) -> dict[str, Any]:
     cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
     tokens = sum(int(r.get("tokens") or 0) for r in steps.values())
     log_every = int(cfg.get("log_every") or 1)
-    return {"run": run.name, "gpus": world, "device": device, "steps": max(steps, default=0),
+    return {"run": cfg.get("run_name") or run.name, "gpus": world, "device": device, "steps": max(steps, default=0),
             "tokens": tokens * log_every, "gpu_hours": seconds / 3600.0, "restarts": restarts,
             "data": lineage(run / "final")["data"] if (run / "config.json").exists() else None,
             "backbone": model_label(cfg["model"]) if "model" in cfg else None}

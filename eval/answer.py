@@ -233,7 +233,9 @@ def model_names(models: list[str], names: list[str] | None) -> list[str]:
             raise InputError(f"--name given {len(names)} times for {len(models)} models")
         out = list(names)
     else:
-        out = [Path(m.rstrip("/")).name or m for m in models]
+        from lrpipe.eval.analyses import model_label
+
+        out = [model_label(m) for m in models]  # the name pipe eval report gives the same model
     dup = {n for n in out if out.count(n) > 1}
     if dup:
         raise InputError(f"two models would share the name {sorted(dup)}: give each a --name")

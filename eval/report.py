@@ -156,7 +156,8 @@ def _analyses_markdown(an: dict[str, Any]) -> list[str]:
     if an.get("correlations"):
         out += ["## Benchmark–arena Spearman's rho (Figure 4)", "", "| language | benchmark | arena | rho | p | models |",
                 "|---|---|---|---:|---:|---:|"]
-        out += [f"| {c['language']} | {c['benchmark']} | {c['dimension']} | {c['rho']:.2f} | {c['p']:.3f} | {c['models']} |"
+        out += [f"| {c['language']} | {c['benchmark']} | {c['dimension']} | "
+                + ("- | - |" if c["rho"] is None else f"{c['rho']:.2f} | {c['p']:.3f} |") + f" {c['models']} |"
                 for c in an["correlations"]]
         out.append("")
     if an.get("relative_changes"):
@@ -221,7 +222,8 @@ def figures(g: dict[str, Any], an: dict[str, Any], out: Path) -> list[Path]:
         xlab = sorted({c["dimension"] for c in cs})
         mat = np.full((len(ylab), len(xlab)), np.nan)
         for c in cs:
-            mat[ylab.index((c["language"], c["benchmark"])), xlab.index(c["dimension"])] = c["rho"]
+            if c["rho"] is not None:
+                mat[ylab.index((c["language"], c["benchmark"])), xlab.index(c["dimension"])] = c["rho"]
         fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(xlab) + 3), max(3, 0.3 * len(ylab) + 1)))
         im = ax.imshow(mat, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
         ax.set_xticks(range(len(xlab)), xlab)

@@ -62,6 +62,9 @@ class Suite(BaseModel):
     reference_model: str = ""
     num_fewshot: int = 5
     prefer_filters: list[str] = []
+    #: a folder of lm-eval task YAMLs for this suite's own tasks (relative to the suite file), read beside
+    #: lm-eval's and pipe's own: a new language's benchmarks need no change to shipped files
+    task_dir: str | None = None
     #: the benchmarks (by name) whose change relative to the backbone the report shows per language
     #: (the instruction study's Figure 5: the ones it has in all three languages)
     relative_tasks: list[str] = []
@@ -83,7 +86,11 @@ def list_suites() -> list[str]:
 def load_suite(name_or_path: str) -> Suite:
     from lrpipe.config_files import load
 
-    return load(Suite, name_or_path, SUITES, kind="suite")
+    def update(data: dict[str, Any], path: Path) -> None:
+        if isinstance(data.get("task_dir"), str) and not Path(data["task_dir"]).is_absolute():
+            data["task_dir"] = str(path.parent / data["task_dir"])
+
+    return load(Suite, name_or_path, SUITES, kind="suite", update=update)
 
 
 def task_plan(suite: str | Suite, langs: list[str], bias: bool = True,
@@ -185,19 +192,26 @@ def summarize(res_by_group: list[dict[str, Any]], plan: list[tuple[str, str, int
 
 # ------------------------------------------------------------------------------------------ running
 @contextlib.contextmanager
-def _include_dir(local_data: str | Path | None) -> Iterator[Path]:
-    """Our task YAMLs, rewritten to local JSONL files where ``local_data`` has them (in a temporary
+def _include_dir(local_data: str | Path | None, suite: Suite | None = None) -> Iterator[list[str]]:
+    """The task folders lm-eval reads beside its own: ours, and the suite's ``task_dir`` when it names
+    one; with ``local_data``, their YAMLs rewritten to the local JSONL files it has (in a temporary
     folder, removed when the run ends)."""
+    dirs = [OWN_TASKS] + ([Path(suite.task_dir)] if suite is not None and suite.task_dir else [])
     if local_data is None:
-        yield OWN_TASKS
+        yield [str(d) for d in dirs]
         return
     with tempfile.TemporaryDirectory(prefix="lrpipe-lmeval-") as name:
-        yield _write_local_tasks(Path(name), Path(local_data))
+        out = []
+        for k, d in enumerate(dirs):
+            (Path(name) / str(k)).mkdir()
+            out.append(str(_write_local_tasks(Path(name) / str(k), Path(local_data), d)))
+        yield out
 
 
-def _write_local_tasks(tmp: Path, local: Path) -> Path:
-    shutil.copy(OWN_TASKS / "utils.py", tmp / "utils.py")
-    for y in OWN_TASKS.glob("*.yaml"):
+def _write_local_tasks(tmp: Path, local: Path, source: Path = OWN_TASKS) -> Path:
+    for py in source.glob("*.py"):
+        shutil.copy(py, tmp / py.name)
+    for y in source.glob("*.yaml"):
         text = y.read_text()
         task = y.stem
         files = [local / f"{task}.jsonl"] if (local / f"{task}.jsonl").exists() else sorted((local / task).glob("*.jsonl"))
@@ -275,8 +289,8 @@ def run_text_suite(model: str, out: str | Path, *, suite: str = "latxa", langs: 
         args += ",device=" + ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with _include_dir(local_data) as include:
-        tm = TaskManager(include_path=str(include))
+    with _include_dir(local_data, s) as include:
+        tm = TaskManager(include_path=include)
         names = list(dict.fromkeys(t for t, _, _ in plan))
         subtasks = tag_members(tm, names)
         loaded, failed = _load_tasks(names, tm)
@@ -357,8 +371,8 @@ def _run_api(model: str, out: Path, s: Suite, plan: list[tuple[str, str, int]], 
                          max_concurrency=api.get("max_concurrency") or 8, served_model=api.get("served_model"))
     groups: list[dict[str, Any]] = []
     failed: dict[str, str] = {}
-    with _include_dir(local_data) as include:
-        tm = TaskManager(include_path=str(include))
+    with _include_dir(local_data, s) as include:
+        tm = TaskManager(include_path=include)
         names = list(dict.fromkeys(t for t, _, _ in plan))
         subtasks = tag_members(tm, names)
         loaded, failed = _load_tasks(names, tm)
@@ -433,7 +447,8 @@ def summary_from_lm_eval(path: str | Path, suite: str = "latxa") -> dict[str, An
     if any(t not in seen for t, _, _ in plan):  # tags: lm-eval returns their sub-tasks only
         from lm_eval.tasks import TaskManager
 
-        subtasks = tag_members(TaskManager(include_path=str(OWN_TASKS)), [t for t, _, _ in plan if t not in seen])
+        with _include_dir(None, s) as include:
+            subtasks = tag_members(TaskManager(include_path=include), [t for t, _, _ in plan if t not in seen])
     present = [p for p in plan if p[0] in seen or any(x in seen for x in subtasks.get(p[0], []))]
     langs = {lang for _, lang, _ in present}  # a language's average says how many of its tasks ran
     plan = [p for p in plan if p[1] in langs]

@@ -6,8 +6,8 @@ Two things every stage agrees on:
   or the command line when given (``--tgt-name``), else from the table below (ISO 639-1, plus a few
   639-3 codes of languages without a two-letter one). The language detector (lingua) is *not* asked:
   it knows 75 languages, and a target language it does not know (Galician, Asturian, ...) must still
-  be translatable; only the ``language`` check needs lingua, and it is skipped with a note when lingua
-  does not know the language.
+  be translatable; only the ``language`` check needs a detector (:mod:`lrpipe.langid`: lingua, else
+  fastText's lid.176), and it is skipped with a note when none knows the language.
 * **Language columns.** A stage that translates column ``X`` into language ``L`` writes ``X_L`` beside
   it (``instruction_eu``, ``conversation_eu``, ``caption_eu``). :func:`language_view` turns such a row
   into its language-``L`` version: ``X_L`` takes the place of ``X`` and other languages' ``X_M`` are
@@ -58,17 +58,6 @@ def language_name(code: str, override: str | None = None) -> str:
         raise PipeError(f"no name known for language code '{code}': give it with --src-name/--tgt-name "
                         "(or source_name/target_name in the recipe)")
     return name
-
-
-def lingua_knows(code: str) -> bool:
-    """Whether the language detector (lingua) has a model for ``code``."""
-    try:
-        from lrpipe.filters.language import _language
-
-        _language(code)
-        return True
-    except (ValueError, ImportError):
-        return False
 
 
 def language_view(table: pa.Table, lang: str, languages: list[str] | tuple[str, ...]) -> pa.Table:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -65,37 +64,16 @@ MT_CORPUS = ["A man rides a bicycle down the street.", "Two dogs play in the par
 def tiny_marian(tmp_path_factory):
     """A 1-layer MarianMT with its own SentencePiece vocabulary; EOS is discouraged so every output is
     non-empty, and generation stops at 12 tokens."""
-    import sentencepiece as spm
     import torch
-    from transformers import GenerationConfig, MarianConfig, MarianMTModel, MarianTokenizer
+
+    from lrpipe.model_init import marian_from_texts
 
     d = tmp_path_factory.mktemp("tiny-marian")
-    (d / "corpus.txt").write_text("\n".join(MT_CORPUS * 20))
-    for side in ("source", "target"):
-        spm.SentencePieceTrainer.train(input=str(d / "corpus.txt"), model_prefix=str(d / side), vocab_size=48,
-                                       character_coverage=1.0, bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0,
-                                       minloglevel=2)
-    sp = spm.SentencePieceProcessor(model_file=str(d / "source.model"))
-    vocab = {"</s>": 0, "<unk>": 1}
-    for i in range(sp.get_piece_size()):
-        vocab.setdefault(sp.id_to_piece(i), len(vocab))
-    vocab["<pad>"] = len(vocab)
-    (d / "vocab.json").write_text(json.dumps(vocab))
-    tok = MarianTokenizer(str(d / "source.model"), str(d / "target.model"), str(d / "vocab.json"),
-                          model_max_length=256)
-    cfg = MarianConfig(vocab_size=len(vocab), d_model=32, encoder_layers=1, decoder_layers=1,
-                       encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                       max_position_embeddings=256, pad_token_id=vocab["<pad>"], eos_token_id=0,
-                       decoder_start_token_id=vocab["<pad>"])
     torch.manual_seed(0)
-    model = MarianMTModel(cfg)
-    with torch.no_grad():
-        model.final_logits_bias[0, 0] = -20.0  # EOS improbable: outputs run to max_length
-    model.generation_config = GenerationConfig(max_length=12, num_beams=1, decoder_start_token_id=vocab["<pad>"],
-                                               eos_token_id=0, pad_token_id=vocab["<pad>"])
-    out = d / "model"
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    # EOS improbable (bias -20): outputs run to max_length
+    out = marian_from_texts(d / "model", MT_CORPUS * 20, vocab_size=48, max_length=12, eos_bias=-20.0, d_model=32,
+                            encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                            encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=256)
     return str(out)
 
 

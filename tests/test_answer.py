@@ -192,7 +192,7 @@ def test_answer_text_prompts_then_safety_rates(tmp_path, env, model_path):
     src.write_text("".join(json.dumps(r) + "\n" for r in prompts))
     run(["answer", "--input", str(src), "--out", str(tmp_path / "answers"), "--recipe", "arena", "--max-tokens", "16",
          "--engine", "transformers", "--no-progress"], env)
-    answered = ShardDir.open(tmp_path / "answers" / "embedded").read_all().to_pylist()
+    answered = ShardDir.open(tmp_path / "answers" / "SmolLM2-135M-Instruct").read_all().to_pylist()
     assert sorted(r["id"] for r in answered) == ["s0", "s1", "s2", "s3"]
     # three annotators; s0 a violation by majority (2 of 3), s2 not; s1 refused by all, s3 by one
     labels = {"s0": ["violation", "violation", "ok"], "s1": ["refusal"] * 3, "s2": ["ok", "ok", "violation"],
@@ -203,5 +203,6 @@ def test_answer_text_prompts_then_safety_rates(tmp_path, env, model_path):
     res_path = tmp_path / "rates.json"
     run(["eval", "safety", str(lab), "--answers", str(tmp_path / "answers"), "--out", str(res_path)], env)
     rates = {(r["model"], r["category"]): r for r in json.loads(res_path.read_text())["rates"]}
-    assert rates[("embedded", "all")]["VR"] == pytest.approx(0.5) and rates[("embedded", "all")]["FRR"] == 0.5
-    assert rates[("embedded", "terrorism")]["VR"] == 1.0 and rates[("embedded", "drugs")]["FRR"] == 0.0
+    m = "SmolLM2-135M-Instruct"  # the embedded model by its own name, as pipe eval report names it
+    assert rates[(m, "all")]["VR"] == pytest.approx(0.5) and rates[(m, "all")]["FRR"] == 0.5
+    assert rates[(m, "terrorism")]["VR"] == 1.0 and rates[(m, "drugs")]["FRR"] == 0.0

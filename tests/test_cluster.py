@@ -153,14 +153,26 @@ def _sbatch(srun_path, env, args, **extra):
 def test_generate_sbatch_dry_run_launches_each_ranks_command(tmp_path, srun_path, env):
     out = str(tmp_path / "shared")
     # task 3 of a 4-task array on 8-GPU nodes, a 70B-style replica of TP 2: ranks 12..15 of 16
+    want = [f"pipe run magpie --n 1000 --temps 0.8:1.2 --rank {k} --world-size 16 "
+            f"--tensor-parallel-size 2 --pipeline-parallel-size 1 --out {out}" for k in range(12, 16)]
+    # through srun (the shim), each rank's command echoed instead of run
     r = _sbatch(srun_path, env, ["run", "magpie", "--n", "1000", "--temps", "0.8:1.2"], OUT=out, TP="2",
-                DRY_RUN="1", SLURM_ARRAY_TASK_ID="3", SLURM_ARRAY_TASK_COUNT="4", SLURM_ARRAY_TASK_MIN="0")
+                PIPE="echo pipe", SLURM_ARRAY_TASK_ID="3", SLURM_ARRAY_TASK_COUNT="4", SLURM_ARRAY_TASK_MIN="0")
     assert r.returncode == 0, r.stderr
-    lines = sorted(x for x in r.stdout.splitlines() if x.startswith("pipe run"))
-    assert lines == [f"pipe run magpie --n 1000 --temps 0.8:1.2 --rank {k} --world-size 16 "
-                     f"--tensor-parallel-size 2 --pipeline-parallel-size 1 --out {out}" for k in range(12, 16)]
+    assert sorted(" ".join(x.split()) for x in r.stdout.splitlines() if x.startswith("pipe run")) == want
     srun = (srun_path / "srun.log").read_text()
     assert "--ntasks=4" in srun and "--gpus-per-task=2" in srun and "--kill-on-bad-exit=0" in srun
+    # DRY_RUN=1 prints the same commands outside an allocation: no srun on the PATH
+    e = dict(_batch_env(env), OUT=out, TP="2", DRY_RUN="1", SLURM_ARRAY_TASK_ID="3", SLURM_ARRAY_TASK_COUNT="4",
+             SLURM_ARRAY_TASK_MIN="0")
+    r = subprocess.run(["bash", str(SBATCH), "run", "magpie", "--n", "1000", "--temps", "0.8:1.2"],
+                       capture_output=True, text=True, env=e, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert sorted(" ".join(x.split()) for x in r.stdout.splitlines() if x.startswith("pipe run")) == want
+    # a command without an engine gets no parallel sizes
+    r = subprocess.run(["bash", str(SBATCH), "pack", "--input", "x"], capture_output=True, text=True, timeout=60,
+                       env=dict(e, ENGINE="0"))
+    assert r.returncode == 0 and "--tensor-parallel-size" not in r.stdout and "pipe pack --input x --rank 12" in r.stdout
     # the rerun of a dead task: `sbatch --array=5` with the original array's size
     r = _sbatch(srun_path, env, ["translate", "magpie"], OUT=out, TP="4", DRY_RUN="1", ARRAY_SIZE="16",
                 ARRAY_MIN="0", SLURM_ARRAY_TASK_ID="5", SLURM_ARRAY_TASK_COUNT="1", SLURM_ARRAY_TASK_MIN="5")

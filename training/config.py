@@ -65,6 +65,8 @@ class TrainConfig(BaseModel):
     train: Literal["all", "connector", "connector+llm"] = "all"
     max_length: int = 8192
     image_field: str = "image"
+    #: the caption prompt table, {language: request} (default: prompts/mllm/caption.yaml)
+    caption_prompts: str | None = None
 
 
 #: The multimodal study's two stages (§3, Appendix C): what each trains and its optimizer settings.

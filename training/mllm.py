@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from lrpipe.errors import InputError
@@ -47,11 +49,27 @@ IMAGE_TOKEN = "<image>"
 CONVERSATION_FIELDS = ("conversation", "messages", "conversations")
 
 
-def caption_prompts() -> dict[str, str]:
+def caption_prompts(path: str | None = None) -> tuple[dict[str, str], str]:
+    """The caption prompt table (``{language: request}``) and where it was read: ``path``, or the one
+    shipped in ``prompts/mllm/caption.yaml``."""
     from lrpipe.config_files import read_yaml
     from lrpipe.prompting import prompt_root
 
-    return read_yaml(prompt_root() / "mllm" / "caption.yaml", "caption prompt table")
+    where = str(path) if path else str(prompt_root() / "mllm" / "caption.yaml")
+    return read_yaml(Path(where), "caption prompt table"), where
+
+
+def caption_languages(data: MappedShards) -> set[str]:
+    """The languages of the rows holding a caption (one column read per file, memory-mapped)."""
+    langs: set[str] = set()
+    for k in range(len(data.files)):
+        t = data._table(k)
+        if "caption" not in t.column_names:
+            continue
+        mask = pc.is_valid(t.column("caption"))
+        col = t.column("language") if "language" in t.column_names else pa.nulls(t.num_rows, pa.string())
+        langs |= {x or "en" for x in pc.unique(pc.filter(col, mask)).to_pylist()}
+    return langs
 
 
 class LinearConnector(torch.nn.Module):
@@ -163,12 +181,17 @@ class MLLMTask:
         self.image_size, self.n_patches = vc.image_size, (vc.image_size // vc.patch_size) ** 2
         self.image_id = self.config.image_token_index
         self.linear = self.config.projector_hidden_act == "linear"
-        self.prompts = caption_prompts()
+        self.prompts, where = caption_prompts(cfg.caption_prompts)
         if with_data:
             self.data = MappedShards(cfg.data)
             from lrpipe.pipelines.images import require_images
 
             require_images(self.data.columns(), cfg.image_field, cfg.data)
+            missing = sorted(caption_languages(self.data) - set(self.prompts))
+            if missing:  # no silent English request for a language the table lacks
+                raise InputError(f"no caption prompt for language(s) {missing} (the table has "
+                                 f"{sorted(self.prompts)}): add them, or give --caption-prompts FILE with a "
+                                 "line per language", path=where)
             self.n_rows, self.seq_len = len(self.data), cfg.max_length
             self.truncated = 0
 
@@ -271,7 +294,7 @@ class MLLMTask:
         if msgs is None and rec.get("caption") is not None:
             conv_field = "caption"
             lang = rec.get("language") or "en"
-            prompt = self.prompts.get(lang) or self.prompts["en"]
+            prompt = self.prompts[lang]
             msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": str(rec["caption"])}]
         elif msgs is None:
             raise InputError(f"no conversation ({', '.join(CONVERSATION_FIELDS)}), instruction/response or "

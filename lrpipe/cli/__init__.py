@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from lrpipe.cli import data, evaluate, hub, train  # noqa: F401  (registers the commands)
+from lrpipe.cli import data, evaluate, hub, study, train  # noqa: F401  (registers the commands)
 from lrpipe.cli.common import app
 from lrpipe.errors import PipeError
 

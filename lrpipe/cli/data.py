@@ -124,13 +124,15 @@ class RecipeOverrides:
     src_name: str | None = None
     tgt_name: str | None = None
     conversation_field: str | None = None
+    checks: str | None = None
 
     def as_recipe(self) -> dict[str, Any]:
         """As :func:`lrpipe.pipelines.translate.load_recipe` names them."""
         return {"source_lang": self.src, "target_lang": self.tgt, "format": self.fmt, "retries": self.retries,
                 "seed": self.seed, "max_tokens": self.max_tokens, "sample": self.sample, "split": self.split,
                 "id_field": self.id_field, "source_name": self.src_name, "target_name": self.tgt_name,
-                "conversation_field": self.conversation_field}
+                "conversation_field": self.conversation_field,
+                "checks": [c.strip() for c in self.checks.split(",") if c.strip()] if self.checks is not None else None}
 
 
 register_group("recipe_options", RecipeOverrides, {
@@ -152,6 +154,9 @@ register_group("recipe_options", RecipeOverrides, {
                                                    "codes the built-in table lacks).")],
     "conversation_field": Annotated[str | None, typer.Option(help="Column holding the conversations of a "
                                                              "conversation recipe (default: the recipe's).")],
+    "checks": Annotated[str | None, typer.Option(help="The checks to run, comma-separated, in place of the "
+                                                 "recipe's (parse, count, empty, preserve, span_repetition, "
+                                                 "language).")],
 })
 
 

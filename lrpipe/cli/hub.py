@@ -65,3 +65,25 @@ def models_prepare(force: bool = typer.Option(False, help="Convert again even if
 def models_path() -> None:
     """Print the cache folder of the embedded model (converting it if needed)."""
     models_prepare(force=False)
+
+
+@models_app.command("init")
+@cli_errors
+def models_init(
+    config: Path = typer.Option(..., help="YAML: kind (causal-lm | clip-vision | marian) and the architecture's "
+                                "fields (sizes, layers)."),
+    out: Path = typer.Option(..., help="Model folder to write (nothing is done when it already holds one)."),
+    tokenizer: str | None = typer.Option(None, help="causal-lm: the tokenizer to take (HF id, folder, embedded)."),
+    corpus: str | None = typer.Option(None, help="marian: texts to train its vocabularies on (file, shard dir, "
+                                      "hf://id)."),
+    field: str = typer.Option("text", help="marian: the corpus column."),
+    seed: int = typer.Option(0),
+) -> None:
+    """A randomly initialized model from a small config, for runs that test a pipeline (the studies'
+    miniatures, dry runs): it loads with from_pretrained like a released model."""
+    from lrpipe.config_files import read_yaml
+    from lrpipe.model_init import init_model
+
+    cfg = read_yaml(config, "model config")
+    typer.echo(str(init_model(cfg, out, tokenizer=tokenizer, corpus=corpus, field=field, seed=seed,
+                              where=str(config))))

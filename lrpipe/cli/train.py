@@ -65,8 +65,11 @@ T = {
 
 
 def _run_training(kind: str, recipe: Path | None, stage: int | None, overrides: dict[str, Any]) -> None:
+    from lrpipe.models import DEFAULT_MODEL, resolve_model
     from lrpipe.training.config import load_config
 
+    if overrides.get("model") in ("embedded", DEFAULT_MODEL):  # the embedded model, as every command names it
+        overrides = dict(overrides, model=resolve_model(overrides["model"]))
     try:
         cfg = load_config(recipe, overrides, stage=stage)
         if kind == "text":
@@ -119,6 +122,9 @@ def train_mllm(
                                       "--model is then the LLM."),
     max_length: int | None = typer.Option(None, help="Longest sample in tokens (image tokens included)."),
     image_field: str | None = typer.Option(None, help="Column with the image."),
+    caption_prompts: str | None = typer.Option(None, help="YAML of caption requests per language ({eu: ..., "
+                                               "en: ...}; default: prompts/mllm/caption.yaml). A caption row in a "
+                                               "language the table lacks stops the run before it starts."),
     lr: float | None = T["lr"], warmup_ratio: float | None = T["warmup_ratio"],
     weight_decay: float | None = T["weight_decay"], epochs: float | None = T["epochs"],
     max_steps: int | None = T["max_steps"], micro_batch: int | None = T["micro_batch"],

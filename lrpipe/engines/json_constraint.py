@@ -32,7 +32,8 @@ class JsonConstraint:
         if "__vocab__" not in cache:
             cache["__vocab__"] = _vocabulary(tokenizer)
         if key not in cache:
-            cache[key] = Index(build_regex_from_schema(key), cache["__vocab__"])
+            # no free whitespace between JSON tokens (as the vLLM engine): a small model would fill it
+            cache[key] = Index(build_regex_from_schema(key, whitespace_pattern=""), cache["__vocab__"])
         self.guide = Guide(cache[key])
         self.eos = tokenizer.eos_token_id
         self.consumed = 0

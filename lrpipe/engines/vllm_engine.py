@@ -68,6 +68,12 @@ class VLLMEngine(Engine):
             # seeded request would crash the engine. Whole-prompt prefill avoids the rewind.
             kwargs.setdefault("enable_chunked_prefill", False)
             kwargs.setdefault("max_num_batched_tokens", max(8192, max_model_len or 0))
+        # JSON under a schema without free whitespace between its tokens: a small model otherwise fills a
+        # constrained output with newlines until max_tokens; every JSON pipe asks for is read, not shown
+        if "structured_outputs_config" not in kwargs:
+            from vllm.config import StructuredOutputsConfig
+
+            kwargs["structured_outputs_config"] = StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
         from vllm import LLM
 
         args: dict[str, Any] = dict(model=model, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
@@ -105,7 +111,8 @@ class VLLMEngine(Engine):
 
     def describe(self) -> dict[str, Any]:
         d = {"engine": self.name, "model": self.model}
-        d.update({k: v for k, v in self.args.items() if k != "model"})
+        d.update({k: v for k, v in self.args.items() if k not in ("model", "structured_outputs_config")})
+        d["json_whitespace"] = not self.args["structured_outputs_config"].disable_any_whitespace
         return d
 
     # ------------------------------------------------------------------ helpers

@@ -78,7 +78,7 @@ class Checker:
 
     def __init__(self, recipe: Recipe) -> None:
         from lrpipe.filters.span_repetition import SpanRepetition
-        from lrpipe.languages import lingua_knows
+        from lrpipe.langid import knows
 
         self.recipe = recipe
         self.checks = set(recipe.checks)
@@ -86,17 +86,21 @@ class Checker:
         # also measures outputs cut at max_tokens: a loop is worth a retry, a long translation is not
         self._span = SpanRepetition(field="tgt", source_field="src")
         self._lang = None
+        self.detector: str | None = None
         if "language" in self.checks:
-            if not lingua_knows(recipe.target_lang):
-                self.notes.append(f"the language check is skipped: the detector (lingua) has no model for "
-                                  f"'{recipe.target_lang}'")
+            self.detector = knows(recipe.target_lang)
+            if self.detector is None:
+                self.notes.append(f"the language check is skipped: no detector here knows '{recipe.target_lang}' "
+                                  "(lingua, fastText lid.176)")
             else:
                 from lrpipe.filters.language import LanguageFilter
 
                 cands = recipe.language_candidates or sorted(
-                    {c for c in (recipe.source_lang, "en", "es", "fr") if lingua_knows(c)} - {recipe.target_lang})
+                    {c for c in (recipe.source_lang, "en", "es", "fr") if knows(c)} - {recipe.target_lang})
                 self._lang = LanguageFilter(field="t", language=recipe.target_lang, candidates=cands)
-                self._src_known = lingua_knows(recipe.source_lang)
+                self.detector = self._lang.detector.name
+                self.notes.append(f"language check by {self.detector}")
+                self._src_known = knows(recipe.source_lang) is not None
 
     def parse(self, text: str, src: Any, labels: dict[str, str]) -> Any:
         if self.recipe.format == "text":

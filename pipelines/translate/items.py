@@ -68,20 +68,29 @@ def texts_of(item: Any) -> list[str]:
     return out
 
 
-def schema_for(item: Any) -> dict[str, Any]:
+def schema_for(item: Any, max_length_ratio: float | None = None) -> dict[str, Any]:
     """JSON schema of the translation of ``item``: the same messages with the same roles in order, or
-    the same keys with exactly as many answers."""
+    the same keys with exactly as many answers. With ``max_length_ratio`` each text may be at most that
+    many times as long as its source (in characters, plus 32, rounded up to 64 so few distinct schemas
+    compile): a model that would loop or ramble closes the text there instead of running to max_tokens."""
+    def text(src: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "string"}
+        if max_length_ratio:
+            out["maxLength"] = -(-int(max_length_ratio * len(src) + 32) // 64) * 64
+        return out
+
     if isinstance(item, list):
         msgs = [{"type": "object", "properties": {"role": {"type": "string", "enum": [m["role"]]},
-                                                  "content": {"type": "string"}},
+                                                  "content": text(m["content"])},
                  "required": ["role", "content"], "additionalProperties": False} for m in item]
         return {"type": "array", "prefixItems": msgs, "items": False, "minItems": len(item), "maxItems": len(item)}
-    props: dict[str, Any] = {"question": {"type": "string"}}
+    props: dict[str, Any] = {"question": text(item["question"])}
     if "answer" in item:
-        props["answer"] = {"type": "string"}
+        props["answer"] = text(item["answer"])
     if "answers" in item:
         n = len(item["answers"])
-        props["answers"] = {"type": "array", "items": {"type": "string"}, "minItems": n, "maxItems": n}
+        longest = max((len(a) for a in item["answers"]), default=0)
+        props["answers"] = {"type": "array", "items": text("x" * longest), "minItems": n, "maxItems": n}
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
 

@@ -90,6 +90,9 @@ class Recipe(BaseModel):
     seed: int = 0
     checks: list[str] = Field(default_factory=lambda: list(CHECKS))
     language_candidates: list[str] | None = None
+    #: bound every translated text to this many times its source's characters (JSON format): a loop or a
+    #: runaway ends as a finished, shorter text the checks judge, instead of a cut output (None: no bound)
+    max_length_ratio: float | None = Field(None, gt=0)
     output_ratio: float = 1.3  # target/source tokens, for --dry-run estimates
 
     def model_post_init(self, _: Any) -> None:
@@ -153,6 +156,9 @@ def load_recipe(name_or_path: str, **overrides: Any) -> Recipe:
         ids_file = doc.get("keep_ids_file")
         if isinstance(ids_file, str) and not Path(ids_file).is_absolute():
             doc["keep_ids_file"] = str(path.parent / ids_file)  # relative to the recipe
+        shots = doc.get("fewshot")
+        if isinstance(shots, str) and shots.endswith(".jsonl") and (path.parent / shots).exists():
+            doc["fewshot"] = str(path.parent / shots)  # a few-shot file beside the recipe
         for k, v in overrides.items():
             if v is None:
                 continue

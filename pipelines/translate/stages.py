@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from lrpipe.engines.base import GenRequest, GenResult, Sampling
 from lrpipe.pipelines.translate.checks import CHECK_REASONS, FINAL_REASONS, Checker
-from lrpipe.pipelines.translate.items import extract, schema_for
+from lrpipe.pipelines.translate.items import extract, schema_for, texts_of
 from lrpipe.pipelines.translate.prompts import PromptBuilder, load_shots
 from lrpipe.pipelines.translate.recipe import Recipe
 from lrpipe.runner import Attempts, GenerationStage, MapStage, UnitOutput, parse_rows
@@ -111,6 +111,19 @@ class SampleStage(MapStage):
                           stats={"selected": len(sel), "sampled": len(keep)})
 
 
+def _max_lengths(schema: Any) -> int:
+    """The sum of a schema's string ``maxLength`` bounds (an array of n items counts n times)."""
+    if isinstance(schema, dict):
+        own = int(schema.get("maxLength") or 0)
+        mult = int(schema.get("maxItems") or 1) if schema.get("type") == "array" and "items" in schema and \
+            isinstance(schema["items"], dict) else 1
+        return own + sum(_max_lengths(v) * (mult if k == "items" else 1) for k, v in schema.items()
+                         if isinstance(v, (dict, list)))
+    if isinstance(schema, list):
+        return sum(_max_lengths(v) for v in schema)
+    return 0
+
+
 @dataclass
 class _Row:
     item: Any
@@ -171,6 +184,10 @@ class TranslateStage(GenerationStage):
         s = self.recipe.sampling
         n = len(self.engine.tokenizer(self.prompts.render_item(item), add_special_tokens=False)["input_ids"])
         budget = min(s.max_tokens, int(n * s.output_factor) + s.output_margin)
+        if self.recipe.max_length_ratio and self.recipe.format == "json":
+            # room for every text at its character bound, one token per character at worst, plus JSON
+            bound = _max_lengths(schema_for(item, self.recipe.max_length_ratio))
+            budget = min(s.max_tokens, max(budget, bound + 24 * len(texts_of(item))))
         if self.context:
             budget = min(budget, self.context - prompt_len)
         return budget
@@ -181,7 +198,7 @@ class TranslateStage(GenerationStage):
                             repetition_penalty=s.repetition_penalty,
                             seed=seed_for(self.recipe.seed, "translate", rid, attempt),
                             stop=self.prompts.stop(),
-                            json_schema=schema_for(st.item) if self.recipe.format == "json" else None)
+                            json_schema=schema_for(st.item, self.recipe.max_length_ratio) if self.recipe.format == "json" else None)
         return GenRequest(key=(i, attempt), prompt=prompt, sampling=sampling)
 
     def requests(self, unit: UnitSpec) -> tuple[Any, list[GenRequest]]:
