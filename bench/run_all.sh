@@ -21,9 +21,10 @@ declare -A CMD=(
   [engine_overhead]="bench/engine_overhead.py"
   [magpie_rounds]="bench/magpie_rounds.py"
   [translate]="bench/translate.py"
+  [report]="bench/report.py --rows 1000000"
 )
 ORDER=(filters neardup span_repetition mt pack streaming streaming-jsonl train_mfu eval_mc eval_mc-llava
-       engine_overhead magpie_rounds translate)
+       engine_overhead magpie_rounds translate report)
 [ $# -gt 0 ] && ORDER=("$@")
 for name in "${ORDER[@]}"; do
   log="$LOGS/$name.log"

@@ -131,7 +131,8 @@ def _info(features: Any, rows: int) -> dict[str, Any] | None:
 
 def build_card(m: dict[str, Any], repo_id: str, files: dict[str, list[str]], features: Any, *,
                license: str | None = None, languages: list[str] | None = None,
-               task_categories: list[str] | None = None) -> Any:
+               task_categories: list[str] | None = None, chain: list[dict[str, Any]] | None = None,
+               figures: list[str] | None = None) -> Any:
     """The dataset card (a :class:`huggingface_hub.DatasetCard`) for a finished stage."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
@@ -155,15 +156,62 @@ def build_card(m: dict[str, Any], repo_id: str, files: dict[str, list[str]], fea
         configs=configs,
         dataset_info=_info(features, int(t["rows_out"])),
     )
-    return DatasetCard(f"---\n{data.to_yaml()}\n---\n{_card_body(m, repo_id, sources, license)}")
+    return DatasetCard(f"---\n{data.to_yaml()}\n---\n{_card_body(m, repo_id, sources, license, chain, figures)}")
 
 
-def _card_body(m: dict[str, Any], repo_id: str, sources: list[str], license: str | None) -> str:
+def lineage(path: str | Path, limit: int = 32) -> list[dict[str, Any]]:
+    """The chain of stages that made the shard directory at ``path``, upstream first: each stage's
+    command, model, recipe and counts, found through the ``inputs`` every header records. An input
+    that is no longer on disk ends the walk there (the card says so)."""
+    chain: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    todo = [Path(path)]
+    while todo and len(chain) < limit:
+        p = todo.pop()
+        key = str(p.resolve())
+        if key in seen:
+            continue
+        seen.add(key)
+        if not ShardDir.is_shard_dir(p):
+            chain.append({"path": str(p), "missing": True})
+            continue
+        m = ShardDir.open(p).manifest()
+        cfg = m.get("config") or {}
+        t = m["totals"]
+        rec = cfg.get("recipe")
+        chain.append({"path": str(p), "stage": m.get("stage"), "model": cfg.get("model"),
+                      "recipe": rec if isinstance(rec, str) else rec.get("name") if isinstance(rec, dict) else None,
+                      "rows_in": t["rows_in"], "rows_out": t["rows_out"], "rejected_by_reason": t["rejected_by_reason"],
+                      "config_hash": m.get("config_hash"), "created_at": m.get("created_at")})
+        for inp in m.get("inputs") or []:
+            if isinstance(inp, dict) and inp.get("kind") == "shards" and inp.get("path"):
+                todo.append(Path(inp["path"]))
+    return chain[::-1]
+
+
+def _lineage_md(chain: list[dict[str, Any]]) -> str:
+    rows = []
+    for c in chain:
+        if c.get("missing"):
+            rows.append(f"| `{c['path']}` | (not on disk when pushed) | | | | |")
+            continue
+        reasons = ", ".join(f"{k} {v:,}" for k, v in c["rejected_by_reason"].items()) or "none"
+        rows.append(f"| `{Path(c['path']).name}` | `{c['stage']}` | {c.get('model') or ''} | {c.get('recipe') or ''} "
+                    f"| {c['rows_in']:,} → {c['rows_out']:,} | {reasons} |")
+    return ("| stage dir | command | model | recipe | rows in → kept | rejected by reason |\n"
+            "|---|---|---|---|---:|---|\n" + "\n".join(rows))
+
+
+def _card_body(m: dict[str, Any], repo_id: str, sources: list[str], license: str | None,
+               chain: list[dict[str, Any]] | None = None, figures: list[str] | None = None) -> str:
     """The card's text: what made it, counts and rejected rows by reason, provenance, configuration."""
     t = m["totals"]
     reasons = "\n".join(f"| {k} | {v:,} |" for k, v in t["rejected_by_reason"].items()) or "| (none) | 0 |"
     license_line = ("" if license else "\nNo license was declared when this dataset was pushed (`pipe push --license`): "
                     "the terms of its source datasets and of the models that generated it apply.\n")
+    made = ("\n## How this data was made\n\nEvery stage of the chain that produced it, upstream first (from the "
+            "manifests `pipe` wrote):\n\n" + _lineage_md(chain) + "\n") if chain else ""
+    figs = ("\n## Figures\n\n" + "\n\n".join(f"![{f}](figures/{f}.png)" for f in figures) + "\n") if figures else ""
     source_line = ("\nSource datasets: " + ", ".join(f"[{s}](https://huggingface.co/datasets/{s})" for s in sources)
                    + "\n") if sources else ""
     return f"""
@@ -184,7 +232,7 @@ Rejected rows by reason:
 | reason | rows |
 |---|---:|
 {reasons}
-
+{made}{figs}
 ## Provenance
 
 ```json
@@ -207,7 +255,11 @@ Inputs:
 
 def build_upload_folder(path: str | Path, repo_id: str, dest: str | Path, fmt: str = "parquet",
                         include_rejected: bool = False, *, license: str | None = None,
-                        languages: list[str] | None = None, task_categories: list[str] | None = None) -> Path:
+                        languages: list[str] | None = None, task_categories: list[str] | None = None,
+                        figures: dict[str, bytes] | None = None) -> Path:
+    """The folder ``pipe push`` uploads: data as parquet (or arrow), the card with the chain that made
+    the data, and ``figures`` (PNG bytes by name, drawn by the caller: ``pipe report``'s charts) that
+    the card shows."""
     if fmt not in ("parquet", "arrow"):
         raise PipeError(f"--format must be parquet or arrow, not {fmt}")
     sd = ShardDir.open(path)
@@ -243,8 +295,11 @@ def build_upload_folder(path: str | Path, repo_id: str, dest: str | Path, fmt: s
             files[split].append(str(target.relative_to(dest)))
     if train_features is None:
         train_features = features_for(pa.schema([("id", pa.string())]))
+    for name, png in (figures or {}).items():
+        (dest / "figures").mkdir(exist_ok=True)
+        (dest / "figures" / f"{name}.png").write_bytes(png)
     card = build_card(m, repo_id, files, train_features, license=license, languages=languages,
-                      task_categories=task_categories)
+                      task_categories=task_categories, chain=lineage(path), figures=sorted(figures or {}))
     card.save(str(dest / "README.md"))
     (dest / "manifest.json").write_text(json.dumps(m, indent=2, default=str))
     return dest

@@ -8,6 +8,7 @@ Layout::
       units/part-00000.json    # one record per finished unit: the commit point of that unit
       data/part-00000.arrow    # Arrow IPC stream, one file per unit (what ``datasets`` reads)
       rejected/part-00000.arrow
+      profile/part-00000.json  # statistics and a few rows of the unit, for ``pipe report`` (lrpipe.profile)
 
 Why unit records live in their own files: N processes (``--rank r --world-size N``, Slurm arrays)
 write into one directory without a coordinator. Each unit belongs to exactly one rank
@@ -41,6 +42,7 @@ import pyarrow.ipc as ipc
 
 from lrpipe import __version__
 from lrpipe.errors import AccountingError, ConfigMismatchError, InputError
+from lrpipe.profile import PROFILE_DIR, safe_profile
 
 MANIFEST = "manifest.json"
 HEADER = "stage.json"
@@ -167,6 +169,7 @@ class ShardDir:
         self.data_dir = self.path / "data"
         self.rejected_dir = self.path / "rejected"
         self.units_dir = self.path / "units"
+        self.profile_dir = self.path / PROFILE_DIR
         self._records: dict[int, UnitRecord] = {}
 
     # ------------------------------------------------------------------ opening
@@ -233,7 +236,7 @@ class ShardDir:
         return sd
 
     def clear(self) -> None:
-        for name in ("data", "rejected", "units", ".work"):
+        for name in ("data", "rejected", "units", PROFILE_DIR, ".work"):
             shutil.rmtree(self.path / name, ignore_errors=True)
         for name in (HEADER, MANIFEST, ".lock"):
             with contextlib.suppress(FileNotFoundError):
@@ -283,7 +286,7 @@ class ShardDir:
     def cleanup_temporaries(self, owned: set[int] | None = None) -> int:
         """Remove temporary files a killed writer left behind (only for units this rank owns)."""
         n = 0
-        for d in (self.data_dir, self.rejected_dir, self.units_dir, self.path):
+        for d in (self.data_dir, self.rejected_dir, self.units_dir, self.profile_dir, self.path):
             if not d.exists():
                 continue
             for f in d.iterdir():
@@ -341,6 +344,11 @@ class ShardDir:
             # A previous, uncommitted attempt of this unit may have left a rejected file.
             with contextlib.suppress(FileNotFoundError):
                 rej_path.unlink()
+        # The profile before the record: a committed unit always has the profile of its own rows.
+        self.profile_dir.mkdir(exist_ok=True)
+        prof = safe_profile(kept, rejected, f"{self.path} unit {unit.name}")
+        _atomic_write_bytes(self.profile_dir / f"{unit.part}.json",
+                            json.dumps(prof, separators=(",", ":"), default=str).encode())
         _atomic_write_json(self.units_dir / f"{unit.part}.json", asdict(rec))
         self._records[unit.index] = rec
         return rec
@@ -408,6 +416,16 @@ class ShardDir:
     # ------------------------------------------------------------------ reading
     def data_files(self) -> list[Path]:
         return sorted(self.data_dir.glob("part-*.arrow"))
+
+    def profile(self, index: int) -> dict[str, Any] | None:
+        """The committed unit's profile (None for units written before profiles existed)."""
+        p = self.profile_dir / f"{part_name(index)}.json"
+        try:
+            return json.loads(p.read_text())
+        except FileNotFoundError:
+            return None
+        except json.JSONDecodeError as e:
+            raise InputError(f"corrupt unit profile ({e})", path=str(p)) from e
 
     def rejected_files(self) -> list[Path]:
         return sorted(self.rejected_dir.glob("part-*.arrow"))

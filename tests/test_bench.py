@@ -28,6 +28,7 @@ TOY = {
     "eval_mc": (["--questions", "6", "--lmeval-batch", "8"], "eval-mc", ["lmeval_ratio", "per_option_ratio"]),
     "eval_mc --llava": (["--llava", "--questions", "2"], "eval-mc-llava", ["per_option_ratio", "image_tokens"]),
     "streaming": (["--rows", "4000", "--group", "1000"], "streaming", ["ours_rows_s"]),
+    "report": (["--rows", "3000", "--unit", "1000"], "report", ["page_mb", "rss_ratio", "profile_share"]),
 }
 
 

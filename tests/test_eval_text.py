@@ -157,6 +157,19 @@ def test_the_whole_suite_on_the_embedded_model_scores_or_fails_loudly(tmp_path, 
     assert res["averages"]["eu"]["tasks"] == 2 and res["averages"]["eu"]["of"] == 5
     assert "| eu | " in r.stdout and "2 of 5 |" in r.stdout
 
+    # pipe report on the evaluation folder: scores beside the paper's figures, in Chromium
+    from tests.browser import assert_renders, open_page, report, screenshot_path
+
+    facts = open_page(report(tmp_path / "run", tmp_path / "eval.html", env), screenshot_path(tmp_path, "eval"))
+    assert_renders(facts, min_charts=1)
+    rows = {x["task"]: x for x in res["rows"]}
+    line = next(x for x in facts.text.splitlines() if x.startswith("eu\tbl2mp\t"))
+    assert line.split("\t")[2] == f"{100 * rows['bl2mp']['score']:.2f}"
+    paper = rows["bl2mp"]["study"]
+    assert line.split("\t")[3] == ("–" if paper is None else f"{paper:.2f}")  # the paper's figure beside ours
+    arc = next(x for x in facts.text.splitlines() if x.startswith("eu\tarc_eu_challenge\t"))
+    assert arc.split("\t")[2] == "–"  # a task with no score shows none, never a zero
+
 
 def test_report_gathers_text_mm_and_arena_runs(tmp_path):
     from typer.testing import CliRunner

@@ -126,6 +126,26 @@ def test_magpie_translate_mix_pack_trains_on_the_translation(tmp_path, magpie_ru
     for rid, ids in packed_documents(tmp_path / "pack-eu"):
         assert ids == tokenize_conversation(tokenizer, eu_rows[rid]["conversation_eu"])[0]
 
+    # 5. pipe report on the chain's folder: one offline page, read in Chromium
+    from lrpipe.page.build import mix_rows
+    from lrpipe.page.collect import shard_summary
+    from tests.browser import assert_renders, open_page, report, screenshot_path
+
+    page = report(tmp_path, tmp_path / "chain.html", env)
+    facts = open_page(page, screenshot_path(tmp_path, "chain"))
+    assert_renders(facts, min_charts=6)
+    data = {d.name: shard_summary(d, tmp_path) for d in tmp_path.iterdir() if ShardDir.is_shard_dir(d)}
+    assert sum(data["eu"]["kept"]["ratios"]["instruction_eu / instruction"]) == len(eu_rows)
+    assert [c["name"] for c in facts.charts].count("ratios") == 1  # only the translation has a ratio
+    for share in (0.0, 0.2, 1.0):
+        mix = {m["source"]: m for m in mix_rows(data[f"mix-{share}"])}
+        assert mix["magpie"]["rows"] == n and mix["magpie"]["languages"].get("eu", 0) == round(share * n)
+        st = ShardDir.open(tmp_path / f"pack-{share}").manifest()["stats"]
+        eff = f"{100 * st['tokens_in'] / (st['tokens_in'] + st['pad_tokens']):.1f}%"
+        assert eff in facts.text
+    for name in ("eu", "mix-0.2", "pack-eu"):
+        assert facts.table(f"{name} kept"), name  # the rows each stage kept, readable
+
 
 def pixmo_ama_rows(n: int) -> pa.Table:
     """allenai/pixmo-ask-model-anything: image_url, image_sha256, question, answer (no id)."""

@@ -110,6 +110,19 @@ def test_mini_eu_every_hop_means_what_it_should(mini_eu, env_module, tokenizer):
     assert rep["correlations"] and {c["dimension"] for c in rep["correlations"]} >= {"overall"}
     assert {c["model"] for c in rep["relative_changes"]} == set(cells)
     assert {r["run"] for r in rep["compute"]["runs"]} == set(cells)
+    # pipe report on the study: the DAG of every step, each cell's curve, scores, the arena, in Chromium
+    from tests.browser import assert_renders, open_page, report, screenshot_path
+
+    facts = open_page(report(out, out.parent / "mini-eu.html", env_module), screenshot_path(out.parent, "study"))
+    assert_renders(facts, min_charts=10)
+    names = [c["name"] for c in facts.charts]
+    assert names.count("dag") == 1 and names.count("training") == len(cells) and "arena" in names
+    assert f"{len(list((out / '.study' / 'steps').glob('*.json')))} of " in facts.text  # steps complete
+    for cell in cells:
+        res = json.loads((out / cell / "eval" / "results.json").read_text())
+        score = next(r["score"] for r in res["rows"] if r["task"] == "bl2mp")
+        line = next(x for x in facts.text.splitlines() if x.startswith("eu\tbl2mp\t"))
+        assert f"{100 * score:.2f}" in line.split("\t")
     # a second run does nothing, and says so
     again = run(["study", "run", "mini-eu", "--out", str(out)], env_module)
     assert "nothing to do" in again

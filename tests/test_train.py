@@ -185,6 +185,15 @@ def test_kill_9_and_resume_reproduce_the_uninterrupted_curve(fixture_dir, full_r
     assert sorted(resumed) == list(range(1, 13))
     assert max(abs(full[s] - resumed[s]) for s in full) < 1e-6  # same samples, same RNG, same state
 
+    # pipe report on the resumed run: the curve with the resume marked, read in Chromium
+    from tests.browser import assert_renders, open_page, report, screenshot_path
+
+    facts = open_page(report(run, root / "killed.html", _env()), screenshot_path(root, "training"))
+    assert_renders(facts, min_charts=1)
+    assert "resume at step 4" in facts.text and [c["name"] for c in facts.charts] == ["training"]
+    page = (root / "killed.html").read_text()
+    assert ">resume<" in page  # the marker's label is drawn on the curve
+
 
 @pytest.mark.slow
 def test_sigterm_on_one_rank_saves_on_both_and_resumes(fixture_dir):

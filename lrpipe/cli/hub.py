@@ -1,4 +1,4 @@
-"""``pipe show``, ``push`` and ``models prepare|path``: looking at outputs, publishing them, the embedded model."""
+"""``pipe show``, ``report``, ``push`` and ``models prepare|path``: looking at outputs, publishing them, the embedded model."""
 
 from __future__ import annotations
 
@@ -24,6 +24,27 @@ def show_cmd(path: Path = typer.Argument(..., help="A shard directory, or a fold
     typer.echo(describe(path, as_json, units))
 
 
+@app.command("report")
+@cli_errors
+def report_cmd(path: Path = typer.Argument(..., help="A shard directory, a chain's --out, a training run, an "
+                                           "evaluation folder, or a study's --out."),
+               out: Path | None = typer.Option(None, help="The HTML file to write (default: PATH/report.html)."),
+               study: Path | None = typer.Option(None, help="The study file, to draw every step of its DAG with "
+                                                 "its status (default: the one the study's run recorded)."),
+               languages: bool = typer.Option(True, help="Detect the language of the sampled rows "
+                                              "(fastText lid.176).")) -> None:
+    """One self-contained HTML page (no network, no server) of what PATH holds: the funnel and reject
+    reasons with sample rows, distributions, mixtures and packing, training curves, evaluations, the
+    arena. It reads manifests and per-unit profiles, not the data."""
+    import time
+
+    from lrpipe.page import build_report
+
+    t0 = time.time()
+    target = build_report(path, out, study_file=study, detect_languages=languages)
+    typer.echo(f"{target}  ({target.stat().st_size / 1e6:.2f} MB, {time.time() - t0:.1f} s)")
+
+
 @app.command("push")
 @cli_errors
 def push_cmd(path: Path = typer.Argument(..., help="Shard directory to upload."),
@@ -41,13 +62,14 @@ def push_cmd(path: Path = typer.Argument(..., help="Shard directory to upload.")
                                                       "(default: from the stage and whether rows carry images).")) -> None:
     """Upload a shard directory as a Hugging Face dataset with a dataset card and typed features."""
     from lrpipe.hub import push
+    from lrpipe.page.build import card_figures
 
     def _list(v: str | None) -> list[str] | None:
         return [x.strip() for x in v.split(",") if x.strip()] if v else None
 
     where = push(path, repo_id, dry_run=dry_run, fmt=fmt, private=private, include_rejected=include_rejected,
                  revision=revision, license=license, languages=_list(language),
-                 task_categories=_list(task_category))
+                 task_categories=_list(task_category), figures=card_figures(path))
     typer.echo(where)
 
 

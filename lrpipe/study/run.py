@@ -13,6 +13,7 @@ on this machine (training through torchrun on the local devices). No scheduler o
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -34,6 +35,11 @@ def prepare(study: Study, path: Path, out: Path) -> tuple[list[Step], StudyPaths
     for s in steps:
         check_step(s, f"{path}: steps.{s.name}")
     out.mkdir(parents=True, exist_ok=True)
+    pointer = out / ".study" / "study.json"  # which file made this folder: ``pipe report`` draws its DAG
+    pointer.parent.mkdir(exist_ok=True)
+    want = json.dumps({"name": study.name, "file": str(Path(path).resolve())}, indent=1) + "\n"
+    if not pointer.exists() or pointer.read_text() != want:
+        pointer.write_text(want)
     return steps, StudyPaths(out.resolve(), path, study.sources, steps)
 
 
