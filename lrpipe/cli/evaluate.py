@@ -1,11 +1,13 @@
-"""``pipe judge``, ``arena`` and ``eval mm|text|report|correlate|safety``."""
+"""``pipe judge``, ``arena rank|serve|export`` and ``eval mm|text|report|correlate|safety``."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from lrpipe.cli.common import (
     EngineOptions,
@@ -18,7 +20,22 @@ from lrpipe.cli.common import (
 from lrpipe.errors import PipeError
 
 
-@app.command("arena")
+class _ArenaGroup(TyperGroup):
+    """``pipe arena FILES --out DIR`` is ``pipe arena rank ...``: ranking kept its short form when
+    ``serve`` and ``export`` joined it."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["rank", *args]
+        return super().parse_args(ctx, args)
+
+
+arena_app = typer.Typer(cls=_ArenaGroup, no_args_is_help=True,
+                        help="Rank battles (pipe arena FILES --out DIR), or run an arena and export its votes.")
+app.add_typer(arena_app, name="arena")
+
+
+@arena_app.command("rank")
 @cli_errors
 def arena_cmd(
     battles: list[Path] = typer.Argument(..., help="Battle files (jsonl/json/csv/parquet): model_a, model_b, "
@@ -39,6 +56,55 @@ def arena_cmd(
                     upper_pct=upper)
     typer.echo((out / "ratings.md").read_text())
     typer.echo(f"{out}: {len(res['groups'])} rating tables and figures")
+
+
+@arena_app.command("serve")
+@cli_errors
+def arena_serve_cmd(
+    config: Path = typer.Option(..., help="arena.yaml: the models (OpenAI-compatible endpoints), system prompt, "
+                                "sampling, dimensions, limits, the participant form."),
+    host: str | None = typer.Option(None, help="Interface to listen on (default: the config's, 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="Port (default: the config's, 7860; 0 picks a free one)."),
+    store: Path | None = typer.Option(None, help="SQLite file of the votes (default: the config's store)."),
+) -> None:
+    """Serve the community arena: two anonymous models side by side, a vote per dimension, names shown
+    after the vote; votes stored as they are cast (SQLite, WAL)."""
+    from lrpipe.eval.arena_serve import load_config, serve
+
+    cfg = load_config(config)
+
+    def ready(server: Any) -> None:
+        typer.echo(f"arena {cfg.name}: {len(cfg.models)} models, votes in {store or cfg.store}; listening on "
+                   f"http://{host or cfg.host}:{cfg.port if port is None else port}", err=True)
+
+    serve(cfg, host=host, port=port, store=str(store) if store else None, ready=ready)
+
+
+@arena_app.command("export")
+@cli_errors
+def arena_export_cmd(
+    store: Path = typer.Argument(..., help="The arena's SQLite file."),
+    out: Path = typer.Option(..., help="JSONL in the released arena layout (pipe arena ranks it)."),
+    drop_usernames: bool = typer.Option(False, help="Leave the voters' names out (a release)."),
+) -> None:
+    """Every vote of an arena in the released layout: model_a, model_b, winner, winner_content,
+    winner_language, conv_a, conv_b, username."""
+    from lrpipe.errors import InputError
+    from lrpipe.eval.arena_store import ArenaStore
+
+    if not store.is_file():
+        raise InputError("no such arena store", path=str(store))
+    st = ArenaStore(store)
+    rows = st.export_rows(drop_usernames=drop_usernames)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(out)
+    c = st.counts()
+    typer.echo(f"{out}: {len(rows)} votes ({c.get('failed', 0)} failed battles and {c.get('open', 0)} unvoted "
+               "left out)")
 
 
 @app.command("answer")
