@@ -73,7 +73,7 @@ def run_trl(path: Path, out: Path, tok, seq_len: int, workers: int) -> dict:
     import datasets
     from trl import pack_dataset
 
-    from lrpipe.pipelines.pack import tokenize_conversations, tokenize_documents
+    from lrpipe.tokenization import tokenize_conversations, tokenize_documents
 
     def tokenize(batch: dict) -> dict:
         convs = [[{"role": m["role"], "content": m["content"] or ""} for m in c]

@@ -179,8 +179,8 @@ def safety_rates(rows: list[dict[str, Any]], source: str = "annotations") -> dic
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """All rows of a file or of a shard directory (``pipe answer`` output)."""
+    from lrpipe.readers import read_table
     from lrpipe.shards import ShardDir
-    from lrpipe.sources import read_table
 
     if ShardDir.is_shard_dir(path):
         return ShardDir.open(path).read_all().to_pylist()

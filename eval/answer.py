@@ -117,7 +117,7 @@ class AnswerStage(GenerationStage):
                              f"takes them (vllm, transformers with a multimodal model, openai --openai-api chat), "
                              f"not {engine.name} with {engine.model}")
         if cfg.image_field:
-            from lrpipe.pipelines.images import require_images
+            from lrpipe.images import require_images
 
             require_images(source.columns(), cfg.image_field, source.where() or "the input")
 

@@ -48,6 +48,9 @@ class Battle:
     judge: bool = False
 
 
+#: battle fields ratings can be grouped by (``pipe arena --by``)
+GROUP_FIELDS = ("criterion", "language", "annotator", "question_id")
+
 #: the released arena layout (the instruction study's ``HiTZ/ebaluatoia``): one row per vote, a winner
 #: column per dimension, the two conversations beside them (``conv_a``, ``conv_b``)
 DIMENSIONS = {"winner": "global", "winner_content": "content", "winner_language": "language"}
@@ -56,8 +59,9 @@ DIMENSIONS = {"winner": "global", "winner_content": "content", "winner_language"
 def _table(path: str | Path) -> tuple[Any, bool]:
     """(rows as an Arrow table, whether they are an LLM judge's) from a file, a shard directory or a Hub
     dataset (``hf://HiTZ/ebaluatoia:25-03``)."""
+    from lrpipe.readers import read_table
     from lrpipe.shards import ShardDir
-    from lrpipe.sources import is_hub_spec, open_source, read_table
+    from lrpipe.sources import is_hub_spec, open_source
 
     if ShardDir.is_shard_dir(path):
         sd = ShardDir.open(path)
@@ -351,6 +355,8 @@ def figures(battles: list[Battle], ratings: list[Rating], out: Path, name: str) 
 
 
 def run_arena(paths: list[str | Path], out: str | Path, *, group_field: str = "criterion", **kw: Any) -> dict:
+    if group_field not in GROUP_FIELDS:
+        raise ValueError(f"group_field: one of {', '.join(GROUP_FIELDS)} (got {group_field!r})")
     """Rate every group (criterion by default, plus all battles together), write ``ratings.json``,
     ``ratings.md`` and the figures into ``out``; return the JSON."""
     out = Path(out)

@@ -30,9 +30,9 @@ from lrpipe.chat import chat_request
 from lrpipe.engines.base import Engine, GenRequest, GenResult, Sampling
 from lrpipe.errors import InputError
 from lrpipe.prompting import load_prompt, prompt_root
+from lrpipe.readers import read_table
 from lrpipe.runner import Attempts, GenerationStage, UnitOutput
 from lrpipe.shards import REJECT_DETAIL, REJECT_REASON, UnitSpec
-from lrpipe.sources import read_table
 
 VERDICTS = ("A", "B", "tie")
 

@@ -31,15 +31,9 @@ import numpy as np
 
 from lrpipe.errors import InputError
 from lrpipe.eval.mc import MCItem, accuracy, score_batched
-from lrpipe.eval.mm_data import (  # noqa: F401  (the task API, re-exported)
-    TASKS,
+from lrpipe.eval.mm_data import (
     MMTask,
-    ReleasedSet,
     aligned_instances,
-    as_index,
-    as_list,
-    instances,
-    leading_option,
     load_image,
     load_task,
 )

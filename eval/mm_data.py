@@ -65,8 +65,8 @@ def load_task(name: str) -> MMTask:
 
 def _table(data: Path, task: str) -> tuple[Any, str]:
     """The task's rows: DIR/<task>/translated, DIR/<task>, or DIR itself (shard dir or file)."""
+    from lrpipe.readers import read_table
     from lrpipe.shards import ShardDir
-    from lrpipe.sources import read_table
 
     for cand in (data / task / "translated", data / task, data):
         if ShardDir.is_shard_dir(cand):
@@ -115,7 +115,7 @@ def _language_table(task: MMTask, data: Path | str, lang: str) -> tuple[Any, str
     folder = Path(data) / task.name
     for ext in (".parquet", ".jsonl", ".arrow", ".json"):
         if (folder / f"{lang}{ext}").exists():
-            from lrpipe.sources import read_table
+            from lrpipe.readers import read_table
 
             return read_table(str(folder / f"{lang}{ext}")), str(folder / f"{lang}{ext}")
     return None
@@ -179,7 +179,7 @@ def instances(task: MMTask, data: Path | str, lang: str, source_lang: str = "en"
     beside it, one table for both languages), or one table per language (a released set, or
     ``DIR/<task>/<lang>.parquet``), whose columns the task's ``released`` entry may rename. Values stored
     as text (a list of choices, an option index) are parsed; one that cannot be is an error naming it."""
-    from lrpipe.pipelines.images import URL_COLUMNS, require_images
+    from lrpipe.images import URL_COLUMNS, require_images
 
     own = _language_table(task, data, lang)
     if own is not None:

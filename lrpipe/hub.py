@@ -313,8 +313,9 @@ def _folder_size(folder: Path) -> tuple[int, int]:
 def push(path: str | Path, repo_id: str, *, dry_run: str | Path | None = None, fmt: str = "parquet",
          private: bool = False, include_rejected: bool = False, revision: str | None = None,
          license: str | None = None, languages: list[str] | None = None,
-         task_categories: list[str] | None = None) -> str:
-    kw = {"license": license, "languages": languages, "task_categories": task_categories}
+         task_categories: list[str] | None = None, figures: dict[str, bytes] | None = None) -> str:
+    """Build the upload folder (:func:`build_upload_folder`) and upload it, or stop at ``dry_run``."""
+    kw = {"license": license, "languages": languages, "task_categories": task_categories, "figures": figures}
     if dry_run is not None:
         folder = build_upload_folder(path, repo_id, dry_run, fmt, include_rejected, **kw)
         return f"dry run: the upload folder is {folder}"

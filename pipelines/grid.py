@@ -1,7 +1,7 @@
 """``pipe mix grid``: the instruction study's data grid (Table 3) as mixture recipes, built or not.
 
 Seven non-empty combinations of a target-language corpus and English / target-language instructions;
-each becomes a :class:`~lrpipe.pipelines.mix.MixRecipe` YAML (and, with ``build``, a mixture), and
+each becomes a :class:`~lrpipe.pipelines.mix_recipe.MixRecipe` YAML (and, with ``build``, a mixture), and
 ``GRID.md`` names the model each would train on every backbone of the table.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 
 from lrpipe.errors import PipeError
-from lrpipe.pipelines.mix import MixRecipe
-from lrpipe.runner import RunReport
+from lrpipe.pipelines.mix import build_mix
+from lrpipe.pipelines.mix_recipe import MixRecipe
 
 #: the instruction study's data grid (Table 3): corpus C_TGT, instructions I_EN, I_TGT, in its order
 GRID = [("I_EN", (False, True, False)), ("I_TGT", (False, False, True)), ("I_EN+TGT", (False, True, True)),
@@ -80,20 +80,6 @@ def grid_table(entries: list[tuple[str, dict[str, Any], str]], target_lang: str,
     return "\n".join(lines) + "\n"
 
 
-def build_mix(rec: MixRecipe, out: str | Path, *, workers: int = 1, rank: int | None = None,
-              world_size: int | None = None, overwrite: bool = False, progress: bool | None = None) -> RunReport:
-    """Build one mixture: the recipe's tokenizer (``none`` for row quantities only) loaded once."""
-    from lrpipe.pipelines.mix import MixStage
-    from lrpipe.runner import run_stage
-
-    tok, tok_id = None, None
-    if (rec.tokenizer or "").lower() != "none":
-        from lrpipe.models import load_tokenizer, resolve_model
-
-        tok_id = resolve_model(rec.tokenizer)
-        tok = load_tokenizer(tok_id)
-    return run_stage(MixStage(rec, tok, tok_id), out, rank=rank, world_size=world_size, overwrite=overwrite,
-                     progress=progress, workers=workers)
 
 
 def write_grid(out: str | Path, corpus: str | None, instructions_en: str | None, instructions_tgt: str | None,

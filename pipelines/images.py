@@ -37,12 +37,11 @@ from typing import Any
 
 import pyarrow as pa
 
+from lrpipe.images import IMAGE_TYPE
 from lrpipe.runner import MapStage, UnitOutput
 from lrpipe.shards import REJECT_DETAIL, REJECT_REASON, UnitSpec
 from lrpipe.sources import Source
 
-IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-URL_COLUMNS = ("image_url", "url", "img_url")
 USER_AGENT = "lrpipe-images/0.1 (+https://github.com/; research dataset builder, img2dataset-compatible)"
 
 
@@ -146,10 +145,6 @@ class ImageFetcher:
         return Fetched(None, last[0], last[1][:300], attempts=self.retries + 1)
 
 
-def url_column(columns: list[str], field: str | None = None) -> str | None:
-    if field:
-        return field if field in columns else None
-    return next((c for c in URL_COLUMNS if c in columns), None)
 
 
 class ImagesStage(MapStage):
@@ -201,15 +196,3 @@ class ImagesStage(MapStage):
                  "bytes": sum(len(g.data) for g in got if g.data is not None),
                  "retries": sum(max(0, g.attempts - 1) for g in got)}
         return UnitOutput(kept=kept, rejected=rej, rows_in=table.num_rows, stats=stats)
-
-
-def require_images(columns: list[str], image_field: str, where: str) -> None:
-    """Refuse, with the fix, an input whose rows reference images by URL but carry none (training or
-    scoring them as text-only rows would be silent and wrong)."""
-    from lrpipe.errors import InputError
-
-    url = url_column(columns)
-    if image_field not in columns and url is not None:
-        raise InputError(f"rows reference images by URL ('{url}') but have no '{image_field}' column: fetch "
-                         f"them first (pipe images --input {where} --out DIR) and use DIR",
-                         path=where, field=image_field)

@@ -23,7 +23,7 @@ from lrpipe.engines.base import Engine, GenRequest, GenResult, Sampling
 from lrpipe.errors import InputError
 from lrpipe.prompting import list_prompts, load_prompt
 from lrpipe.runner import GenerationStage, RunReport, UnitOutput, run_stage
-from lrpipe.seeding import seed_for  # noqa: F401  (used here and re-exported)
+from lrpipe.seeding import seed_for
 from lrpipe.shards import REJECT_DETAIL, REJECT_REASON, UnitSpec
 from lrpipe.sources import ShardSource
 

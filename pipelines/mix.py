@@ -42,8 +42,8 @@ from lrpipe.chat import is_message_type
 from lrpipe.errors import InputError
 from lrpipe.languages import language_view
 from lrpipe.phases import run_phase
-from lrpipe.pipelines.mix_recipe import RECIPES, MixRecipe, MixSource, Total, load_mix_recipe  # noqa: F401
-from lrpipe.runner import MapStage, UnitOutput
+from lrpipe.pipelines.mix_recipe import MixRecipe, MixSource
+from lrpipe.runner import MapStage, RunReport, UnitOutput, run_stage
 from lrpipe.shards import REJECT_DETAIL, REJECT_REASON, ShardDir, UnitSpec, atomic_ipc_file, read_arrow
 from lrpipe.sources import Source, open_source
 
@@ -163,7 +163,7 @@ class MixStage(MapStage):
         text_cols = [f.name for f in t.schema if f.name != "id" and (
             pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or is_message_type(f.type))]
         rows = t.select(text_cols).to_pylist() if self.tok is not None else []
-        from lrpipe.pipelines.pack import count_tokens
+        from lrpipe.tokenization import count_tokens
 
         tokens = count_tokens(self.tok, rows) if self.tok is not None else [0] * t.num_rows
         idx = pa.table({"id": t.column("id"), "tokens": pa.array(tokens, pa.int64())}, schema=INDEX_SCHEMA)
@@ -392,3 +392,16 @@ def atomic_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     tmp.replace(path)
+
+def build_mix(rec: MixRecipe, out: str | Path, *, workers: int = 1, rank: int | None = None,
+              world_size: int | None = None, overwrite: bool = False, progress: bool | None = None) -> RunReport:
+    """Build one mixture: the recipe's tokenizer (``none`` for row quantities only) loaded once."""
+
+    tok, tok_id = None, None
+    if (rec.tokenizer or "").lower() != "none":
+        from lrpipe.models import load_tokenizer, resolve_model
+
+        tok_id = resolve_model(rec.tokenizer)
+        tok = load_tokenizer(tok_id)
+    return run_stage(MixStage(rec, tok, tok_id), out, rank=rank, world_size=world_size, overwrite=overwrite,
+                     progress=progress, workers=workers)

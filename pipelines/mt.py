@@ -93,12 +93,17 @@ class MTBackend:
 
 
 def _resolve(model: str) -> str:
-    """A local folder as is; a Hub id through the local cache (downloads where the network allows)."""
-    if os.path.isdir(model):
-        return model
+    """A local folder, checked as every model path is (:func:`lrpipe.models.resolve_model`: one line
+    naming a folder that does not exist or is not a model); a Hub id through the local cache
+    (downloads where the network allows)."""
+    from lrpipe.models import resolve_model
+
+    path = resolve_model(model)
+    if os.path.isdir(path):
+        return path
     from huggingface_hub import snapshot_download
 
-    return snapshot_download(model)
+    return snapshot_download(path)
 
 
 class TransformersMT(MTBackend):

@@ -8,7 +8,7 @@ import pytest
 from lrpipe.config_files import ConfigError, read_yaml
 from lrpipe.errors import InputError
 from lrpipe.pipelines import translate as tr
-from lrpipe.pipelines.mix import load_mix_recipe
+from lrpipe.pipelines.mix_recipe import load_mix_recipe
 from lrpipe.training.config import load_config
 
 

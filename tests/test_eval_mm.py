@@ -9,7 +9,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from lrpipe.eval import mm
+from lrpipe.eval import mm, mm_data
 from lrpipe.shards import ShardDir, UnitSpec
 from tests.tiny_models import tiny_llava_dir
 
@@ -55,14 +55,14 @@ def data(tmp_path_factory):
 
 
 def test_tasks_load_and_instances_pair_languages(data):
-    t = mm.load_task("a-okvqa")
-    en, eu = mm.instances(t, data, "en"), mm.instances(t, data, "eu")
+    t = mm_data.load_task("a-okvqa")
+    en, eu = mm_data.instances(t, data, "en"), mm_data.instances(t, data, "eu")
     assert [x["id"] for x in en] == [x["id"] for x in eu]
     assert en[1]["options"] == ["cat", "dog", "car", "sun"] and eu[1]["options"][1] == "txakurra"
     assert en[1]["gold"] == eu[1]["gold"] == 1
-    p = mm.load_task("pixmo-capqa")
-    assert [x["gold"] for x in mm.instances(p, data, "eu")] == [0, 1, None, 0, 1, None]
-    v = mm.instances(mm.load_task("vqav2"), data, "en")
+    p = mm_data.load_task("pixmo-capqa")
+    assert [x["gold"] for x in mm_data.instances(p, data, "eu")] == [0, 1, None, 0, 1, None]
+    v = mm_data.instances(mm_data.load_task("vqav2"), data, "en")
     assert v[0]["answers"] == ["red"] * 10
 
 
@@ -157,8 +157,8 @@ def test_released_sets_with_text_encoded_values_and_their_errors(tmp_path):
     (tmp_path / "a-okvqa").mkdir()
     pq.write_table(pa.Table.from_pylist(en), tmp_path / "a-okvqa" / "en.parquet")
     pq.write_table(pa.Table.from_pylist(eu), tmp_path / "a-okvqa" / "eu.parquet")
-    t = mm.load_task("a-okvqa")
-    got = mm.aligned_instances(t, tmp_path, ["en", "eu"])
+    t = mm_data.load_task("a-okvqa")
+    got = mm_data.aligned_instances(t, tmp_path, ["en", "eu"])
     assert [x["options"] for x in got["eu"]][1] == ["katua", "txakurra", "autoa", "eguzkia"]
     assert [x["gold"] for x in got["eu"]] == [x["gold"] for x in got["en"]] == [0, 1, 2, 3]
     # through --data released: the task's own released entries (a Hub folder here), columns renamed
@@ -167,27 +167,27 @@ def test_released_sets_with_text_encoded_values_and_their_errors(tmp_path):
         (hub / lang / "data").mkdir(parents=True)
         renamed = [{("options" if k == "choices" else k): v for k, v in r.items()} for r in rows]
         pq.write_table(pa.Table.from_pylist(renamed), hub / lang / "data" / "test-00000-of-00001.parquet")
-    spec = yaml.safe_load((mm.TASKS / "a-okvqa.yaml").read_text())
+    spec = yaml.safe_load((mm_data.TASKS / "a-okvqa.yaml").read_text())
     spec["released"] = {lang: {"dataset": f"hf://{hub / lang}", "split": "test", "columns": {"choices": "options"}}
                         for lang in ("en", "eu")}
     (tmp_path / "task.yaml").write_text(yaml.safe_dump(spec))
-    rel = mm.aligned_instances(mm.load_task(str(tmp_path / "task.yaml")), "released", ["en", "eu"])
+    rel = mm_data.aligned_instances(mm_data.load_task(str(tmp_path / "task.yaml")), "released", ["en", "eu"])
     assert [x["gold"] for x in rel["eu"]] == [0, 1, 2, 3] and rel["eu"][0]["options"][0] == "katua"
     # a value that cannot be parsed is an error naming the file, row and field (never single characters)
     eu[2]["choices"] = "katua, txakurra"
     pq.write_table(pa.Table.from_pylist(eu), tmp_path / "a-okvqa" / "eu.parquet")
     with pytest.raises(mm.InputError, match=r"eu.parquet, row 2, field 'choices': expected a list"):
-        mm.instances(t, tmp_path, "eu")
+        mm_data.instances(t, tmp_path, "eu")
     eu[2]["choices"], eu[3]["correct_choice_idx"] = '["a", "b", "c", "d"]', "third"
     pq.write_table(pa.Table.from_pylist(eu), tmp_path / "a-okvqa" / "eu.parquet")
     with pytest.raises(mm.InputError, match=r"row 3, field 'correct_choice_idx': expected an option index"):
-        mm.instances(t, tmp_path, "eu")
+        mm_data.instances(t, tmp_path, "eu")
     # different instances in the two languages are refused
     pq.write_table(pa.Table.from_pylist(en[:3]), tmp_path / "a-okvqa" / "en.parquet")
     eu[3]["correct_choice_idx"] = "3"
     pq.write_table(pa.Table.from_pylist(eu), tmp_path / "a-okvqa" / "eu.parquet")
     with pytest.raises(mm.InputError, match="instances differ"):
-        mm.aligned_instances(t, tmp_path, ["en", "eu"])
+        mm_data.aligned_instances(t, tmp_path, ["en", "eu"])
 
 
 def test_pixmo_capqa_gold_is_the_leading_yes_no_in_either_language(tmp_path):
@@ -200,7 +200,7 @@ def test_pixmo_capqa_gold_is_the_leading_yes_no_in_either_language(tmp_path):
     _write(tmp_path / "pixmo-capqa" / "translated", [
         {"id": f"p{i}", "image": img(i), "question": "Q?", "answer": a, "question_eu": "G?", "answer_eu": b}
         for i, (a, b) in enumerate(answers)])
-    got = mm.aligned_instances(mm.load_task("pixmo-capqa"), tmp_path, ["en", "eu"])
+    got = mm_data.aligned_instances(mm_data.load_task("pixmo-capqa"), tmp_path, ["en", "eu"])
     assert [x["gold"] for x in got["en"]] == [x["gold"] for x in got["eu"]] == [0, 1, 0, None, 0, 1]
     assert [x["id"] for x in got["en"]] == [x["id"] for x in got["eu"]]
     assert got["eu"][0]["options"] == ["bai", "ez"]

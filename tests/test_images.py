@@ -141,7 +141,7 @@ def test_images_are_fetched_checked_cached_and_failures_are_rows(tmp_path, serve
 
 
 def test_url_only_rows_are_refused_by_training_and_evaluation(tmp_path, server, env):
-    from lrpipe.eval.mm import instances, load_task
+    from lrpipe.eval.mm_data import instances, load_task
     from lrpipe.training.config import TrainConfig
     from lrpipe.training.mllm import MLLMTask
     from tests.train_fixtures import mllm_parts

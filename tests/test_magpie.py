@@ -168,6 +168,9 @@ def test_cli_outputs_load_with_datasets_and_show_push(tmp_path, env):
     assert p.returncode == 0, p.stderr
     card = (dry / "README.md").read_text()
     assert "me/magpie-test" in card and "magpie.sample" in card and "config_name: default" in card
+    # the card tells how the data was made, with the report's figures beside it
+    assert "## How this data was made" in card and "| `sample` | `magpie.sample` |" in card
+    assert "![funnel](figures/funnel.png)" in card and (dry / "figures" / "funnel.png").stat().st_size > 1000
     assert list((dry / "data" / "train").glob("*.parquet"))
     loaded = datasets.load_dataset("parquet", data_files=str(dry / "data" / "train" / "*.parquet"), split="train")
     assert loaded.num_rows == ds.num_rows

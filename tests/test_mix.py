@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from lrpipe.errors import InputError
-from lrpipe.pipelines import mix
+from lrpipe.pipelines import mix, mix_recipe
 from lrpipe.runner import run_stage
 from lrpipe.shards import ShardDir
 from tests.test_pack import CHATML, make_tokenizer
@@ -52,17 +52,17 @@ def data(tmp_path_factory) -> dict[str, str]:
             "corpus": write_jsonl(d / "corpus.jsonl", corpus), "dir": str(d)}
 
 
-def recipe(**kw) -> mix.MixRecipe:
-    return mix.MixRecipe.model_validate({"rows_per_unit": 2000, "tokenizer": "none", **kw})
+def recipe(**kw) -> mix_recipe.MixRecipe:
+    return mix_recipe.MixRecipe.model_validate({"rows_per_unit": 2000, "tokenizer": "none", **kw})
 
 
-def build(rec: mix.MixRecipe, out: Path, tok=None, **kw):
+def build(rec: mix_recipe.MixRecipe, out: Path, tok=None, **kw):
     stage = mix.MixStage(rec, tok, "test-bpe" if tok is not None else None)
     rep = run_stage(stage, out, progress=False, **kw)
     return rep, ShardDir.open(out)
 
 
-def swap_recipe(data, share: float, unpaired: str = "drop") -> mix.MixRecipe:
+def swap_recipe(data, share: float, unpaired: str = "drop") -> mix_recipe.MixRecipe:
     return recipe(target_lang="eu", seed=3, sources=[{"name": "instr", "parallel": {"en": data["en"], "eu": data["tgt"]},
                                                       "target_share": share, "unpaired": unpaired}])
 
@@ -150,7 +150,7 @@ def test_token_weights_realized_within_one_percent(data, tmp_path):
     assert abs(st["tokens:corpus"] / total - 0.7) < 0.01 and abs(st["tokens:instr"] / total - 0.3) < 0.01
     assert abs(total - 400_000) / 400_000 < 0.01
     # the token counts are those pipe pack will see
-    from lrpipe.pipelines.pack import conversation_of, tokenize_conversation, tokenize_document
+    from lrpipe.tokenization import conversation_of, tokenize_conversation, tokenize_document
 
     t = sd.read_all()
     rows = t.to_pylist()
@@ -210,16 +210,16 @@ def test_recipe_errors_name_the_file(tmp_path, data):
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(bad))
     with pytest.raises(InputError, match="bad.yaml.*total"):
-        mix.load_mix_recipe(p)
+        mix_recipe.load_mix_recipe(p)
     p.write_text(yaml.safe_dump({"sources": [{"name": "a", "parallel": {"en": "x", "eu": "y"}}]}))
     with pytest.raises(InputError, match="target_lang"):
-        mix.load_mix_recipe(p)
+        mix_recipe.load_mix_recipe(p)
     p.write_text(yaml.safe_dump({"sources": [{"name": "a", "input": "x", "language": "en", "rows": 1, "epochs": 2}]}))
     with pytest.raises(InputError, match="at most one"):
-        mix.load_mix_recipe(p)
+        mix_recipe.load_mix_recipe(p)
     p.write_text(yaml.safe_dump({"sources": [{"name": "a", "input": "x", "language": "en", "wieght": 1}]}))
     with pytest.raises(InputError, match="wieght"):
-        mix.load_mix_recipe(p)
+        mix_recipe.load_mix_recipe(p)
 
 
 def test_multiplicity_is_closest_prefix():
@@ -309,7 +309,7 @@ def test_crash_then_rerun_gives_the_same_rows(data, tmp_path, monkeypatch):
 
 def test_shipped_recipes_load_by_name():
     """The README's mixtures ship with pipe (pipelines/recipes/mix/) and are found by name."""
-    from lrpipe.pipelines.mix import RECIPES, load_mix_recipe
+    from lrpipe.pipelines.mix_recipe import RECIPES, load_mix_recipe
 
     names = sorted(p.stem for p in RECIPES.glob("*.yaml"))
     assert {"captions-80-20", "pixmo-ama", "mm-stage2"} <= set(names)

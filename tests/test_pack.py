@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from lrpipe import tokenization
 from lrpipe.pipelines import pack
 from lrpipe.runner import run_stage
 from lrpipe.shards import ShardDir
@@ -58,7 +59,7 @@ def loss_text(tok, ids, labels):
     """The text of each maximal run of loss tokens."""
     runs, cur = [], []
     for i, lab in zip(ids, labels):
-        if lab != pack.IGNORE:
+        if lab != tokenization.IGNORE:
             assert lab == i
             cur.append(i)
         elif cur:
@@ -82,7 +83,7 @@ CONV = [{"role": "system", "content": "Laguntzaile atsegina zara."},
 @pytest.mark.parametrize("conv", [CONV, CONV[1:3], [CONV[1], {"role": "assistant", "content": "你好，世界。"}]])
 def test_loss_only_on_assistant_text_and_end_of_turn(template, eot, conv):
     tok = make_tokenizer(template)
-    ids, labels = pack.tokenize_conversation(tok, conv)
+    ids, labels = tokenization.tokenize_conversation(tok, conv)
     assert ids == tok.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"]
     want = [m["content"].strip() if template is LLAMA31 else m["content"] for m in conv if m["role"] == "assistant"]
     assert loss_text(tok, ids, labels) == [w + eot for w in want]
@@ -90,8 +91,8 @@ def test_loss_only_on_assistant_text_and_end_of_turn(template, eot, conv):
 
 def test_template_that_rewrites_earlier_turns_is_refused():
     tok = make_tokenizer(REWRITES)
-    with pytest.raises(pack.TemplateError, match="rewrites earlier turns"):
-        pack.tokenize_conversation(tok, CONV[1:5])
+    with pytest.raises(tokenization.TemplateError, match="rewrites earlier turns"):
+        tokenization.tokenize_conversation(tok, CONV[1:5])
 
 
 def test_best_fit_decreasing_keeps_every_token():
@@ -146,7 +147,7 @@ def test_pack_stage_invariants_and_world_sizes(tmp_path):
             start += n
         pad = 128 - sum(n for n, _ in zip(r["seq_lens"], r["source_ids"]))
         total += 128 - pad
-        assert all(x == pack.IGNORE for x in r["labels"][128 - pad:])
+        assert all(x == tokenization.IGNORE for x in r["labels"][128 - pad:])
     assert total == m["stats"]["tokens_in"]
     # conversations are never split; long corpus documents are, at the row boundary
     ids = [s for r in rows for s in r["source_ids"]]
@@ -155,7 +156,7 @@ def test_pack_stage_invariants_and_world_sizes(tmp_path):
     one = next(r for r in rows if "c005" in r["source_ids"])
     k = one["source_ids"].index("c005")
     s = sum(one["seq_lens"][:k])
-    conv_ids, _ = pack.tokenize_conversation(tok, json.loads(src.read_text().splitlines()[5])["conversation"])
+    conv_ids, _ = tokenization.tokenize_conversation(tok, json.loads(src.read_text().splitlines()[5])["conversation"])
     assert one["input_ids"][s:s + one["seq_lens"][k]] == conv_ids
     sd3 = _run_pack(src, tmp_path / "p3", world_size=3)
     key = lambda r: r["source_ids"]  # noqa: E731

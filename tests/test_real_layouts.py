@@ -50,8 +50,10 @@ def no_language_check(name: str, tmp_path: Path, **changes) -> tr.Recipe:
 
 # ------------------------------------------------------------------------------------ 1, 3: release layouts
 def test_release_layouts_translate_mix_and_pack_as_the_translation(tmp_path, tokenizer):
-    from lrpipe.pipelines.mix import MixRecipe, MixStage
-    from lrpipe.pipelines.pack import PackStage, tokenize_conversation
+    from lrpipe.pipelines.mix import MixStage
+    from lrpipe.pipelines.mix_recipe import MixRecipe
+    from lrpipe.pipelines.pack import PackStage
+    from lrpipe.tokenization import tokenize_conversation
 
     align = tmp_path / "magpie-align.jsonl"  # Magpie-Align: uuid, ShareGPT conversations beside the pair
     align.write_text("".join(json.dumps({

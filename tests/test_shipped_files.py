@@ -117,8 +117,8 @@ def test_a_translation_released_without_its_sources_ids_is_paired_by_id_or_refus
     """The released Magpie translation pairs with its English source by uuid; the rows it lacks are
     unpaired (about 7% in the release); without a shared id the mixture stops and says why."""
     from lrpipe.errors import InputError
-    from lrpipe.pipelines.grid import build_mix
-    from lrpipe.pipelines.mix import MixRecipe
+    from lrpipe.pipelines.mix import build_mix
+    from lrpipe.pipelines.mix_recipe import MixRecipe
     from lrpipe.shards import ShardDir
 
     def conv(text):

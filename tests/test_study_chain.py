@@ -71,7 +71,7 @@ def packed_documents(path: Path) -> list[tuple[str, list[int]]]:
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_magpie_translate_mix_pack_trains_on_the_translation(tmp_path, magpie_run, env, model_path, tokenizer):
-    from lrpipe.pipelines.pack import tokenize_conversation
+    from lrpipe.tokenization import tokenize_conversation
 
     # 1. pipe run magpie on the embedded model (the session's fixture: vLLM on CPU)
     filtered = magpie_run / "filtered"

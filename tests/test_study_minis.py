@@ -55,7 +55,7 @@ def env_module():
 
 
 def test_mini_eu_every_hop_means_what_it_should(mini_eu, env_module, tokenizer):
-    from lrpipe.pipelines.pack import tokenize_conversation
+    from lrpipe.tokenization import tokenize_conversation
 
     out, log, seconds = mini_eu
     print(f"mini-eu: {seconds:.0f} s")

@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 import torch
 
 from lrpipe.errors import InputError
-from lrpipe.pipelines.images import URL_COLUMNS
+from lrpipe.images import URL_COLUMNS
 from lrpipe.training.config import TrainConfig
 from lrpipe.training.data import IGNORE, MappedShards
 from lrpipe.training.metrics import attention_flops_per_token
@@ -184,7 +184,7 @@ class MLLMTask:
         self.prompts, where = caption_prompts(cfg.caption_prompts)
         if with_data:
             self.data = MappedShards(cfg.data)
-            from lrpipe.pipelines.images import require_images
+            from lrpipe.images import require_images
 
             require_images(self.data.columns(), cfg.image_field, cfg.data)
             missing = sorted(caption_languages(self.data) - set(self.prompts))
@@ -279,7 +279,7 @@ class MLLMTask:
     def sample(self, i: int) -> tuple[np.ndarray, np.ndarray, Any]:
         """input_ids (image token expanded to the patch count), labels, image (or None) of row ``i``."""
         from lrpipe.chat import conversation_of
-        from lrpipe.pipelines.pack import tokenize_conversations
+        from lrpipe.tokenization import tokenize_conversations
 
         rec = self.data.record(i)
         where = f"{self.data.path} (row {i})"

@@ -293,7 +293,8 @@ def images_cmd(
 ) -> None:
     """Download the images a dataset references by URL (CC3M, PixMo) into an 'image' column; dead,
     slow, opted-out or corrupt images are rejected rows with their reason."""
-    from lrpipe.pipelines.images import ImageFetcher, ImagesStage, url_column
+    from lrpipe.images import url_column
+    from lrpipe.pipelines.images import ImageFetcher, ImagesStage
     from lrpipe.runner import run_stage
     from lrpipe.sources import open_source
 
@@ -319,7 +320,7 @@ def pack_cmd(
     out: Path = typer.Option(..., help="Output shard directory of packed token rows."),
     tokenizer: str | None = typer.Option(None, help="The training model's tokenizer (HF id or folder; default: "
                                          "the embedded model)."),
-    seq_len: int = typer.Option(8192, help="Tokens per packed row."),
+    seq_len: int = typer.Option(8192, min=2, help="Tokens per packed row."),
     text_field: str = typer.Option("text", help="Column of corpus documents."),
     conversation_field: str | None = typer.Option(None, help="Column of conversations (default: the first of "
                                                   "conversation/conversations/messages holding messages, else "
@@ -386,7 +387,8 @@ def mix_cmd(
     """Build a training mixture from a YAML recipe (sources, languages, weights, budgets, parallel
     swap), or with RECIPE=grid write the 7 corpus/instruction combinations of the study's Table 3."""
     from lrpipe.parallel import default_workers
-    from lrpipe.pipelines.grid import build_mix, write_grid
+    from lrpipe.pipelines.grid import write_grid
+    from lrpipe.pipelines.mix import build_mix
 
     opts = {"workers": workers or default_workers(), **run.kwargs()}
     if recipe == "grid":
@@ -398,8 +400,7 @@ def mix_cmd(
         return
     if any(x is not None for x in (corpus, instructions_en, instructions_tgt, instruction_rows)) or build:
         raise PipeError("--corpus/--instructions-*/--instruction-rows/--build are options of 'pipe mix grid'")
-    from lrpipe.pipelines.mix import load_mix_recipe
-    from lrpipe.pipelines.mix_recipe import parse_target_shares
+    from lrpipe.pipelines.mix_recipe import load_mix_recipe, parse_target_shares
 
     rec = load_mix_recipe(recipe, target_share=parse_target_shares(target_share), seed=seed, tokenizer=tokenizer)
     rep = build_mix(rec, out, **opts)

@@ -24,9 +24,11 @@ class _ArenaGroup(TyperGroup):
     """``pipe arena FILES --out DIR`` is ``pipe arena rank ...``: ranking kept its short form when
     ``serve`` and ``export`` joined it."""
 
+    default_command = "rank"
+
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
-            args = ["rank", *args]
+            args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 
 
@@ -42,16 +44,20 @@ def arena_cmd(
                                          "winner (model_a|model_b|tie) [, criterion, annotator, language, "
                                          "question_id]."),
     out: Path = typer.Option(..., help="Folder for ratings.json, ratings.md and the PNG figures."),
-    rounds: int = typer.Option(100, help="Bootstrap rounds (the study: 100)."),
+    rounds: int = typer.Option(100, min=1, help="Bootstrap rounds (the study: 100)."),
     seed: int = typer.Option(42, help="Bootstrap seed (the study: 42)."),
-    lower: float = typer.Option(5.0, help="Lower percentile of the interval."),
-    upper: float = typer.Option(95.0, help="Upper percentile of the interval."),
+    lower: float = typer.Option(5.0, min=0.0, max=100.0, help="Lower percentile of the interval."),
+    upper: float = typer.Option(95.0, min=0.0, max=100.0, help="Upper percentile of the interval."),
     by: str = typer.Option("criterion", help="Rate each value of this battle field separately too "
                            "(criterion, language, annotator)."),
 ) -> None:
     """Bradley–Terry ratings with bootstrap intervals, ranks, agreement between annotators, figures."""
-    from lrpipe.eval.arena import run_arena
+    from lrpipe.eval.arena import GROUP_FIELDS, run_arena
 
+    if by not in GROUP_FIELDS:
+        raise PipeError(f"--by: one of {', '.join(GROUP_FIELDS)} (got {by!r})")
+    if lower >= upper:
+        raise PipeError(f"--lower {lower:g} must be below --upper {upper:g}")
     res = run_arena(list(battles), out, group_field=by, rounds=rounds, seed=seed, lower_pct=lower,
                     upper_pct=upper)
     typer.echo((out / "ratings.md").read_text())
@@ -320,7 +326,7 @@ def eval_correlate(
     benchmarks: Path = typer.Option(..., help="JSON {model: benchmark average} (or a list of {model, score})."),
     arena: Path = typer.Option(..., help="ratings.json written by 'pipe arena'."),
     group: str = typer.Option("all", help="Which rating group of the arena to use."),
-    rounds: int = typer.Option(1000, help="Bootstrap rounds for the interval."),
+    rounds: int = typer.Option(1000, min=1, help="Bootstrap rounds for the interval."),
     seed: int = typer.Option(42),
 ) -> None:
     """Spearman's rho between benchmark averages and arena scores, with a bootstrap interval."""

@@ -19,7 +19,7 @@ def show_cmd(path: Path = typer.Argument(..., help="A shard directory, or a fold
              as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
              units: bool = typer.Option(False, help="List every unit.")) -> None:
     """Print a shard directory's manifest in human form."""
-    from lrpipe.report import describe
+    from lrpipe.show import describe
 
     typer.echo(describe(path, as_json, units))
 

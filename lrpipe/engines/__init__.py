@@ -18,25 +18,39 @@ def default_engine() -> str:
     return "vllm" if vllm_available() else "transformers"
 
 
+#: what each engine's constructor takes (make_engine passes each engine its own)
+ENGINE_OPTIONS: dict[str, frozenset[str]] = {
+    "vllm": frozenset({"tensor_parallel_size", "pipeline_parallel_size", "dtype", "max_model_len",
+                       "gpu_memory_utilization", "enforce_eager", "max_num_seqs", "max_inflight", "seed",
+                       "enable_prefix_caching", "limit_mm_per_prompt"}),
+    "transformers": frozenset({"batch_size", "dtype", "device", "max_model_len"}),
+    "openai": frozenset({"base_url", "api_key", "max_concurrency", "timeout", "served_model", "tokenizer", "api",
+                         "json_format"}),
+}
+
+
 def make_engine(name: str | None, model: str, **options: Any) -> Engine:
-    """Build an engine. Options that an engine does not take are ignored, so one CLI can pass them all."""
+    """Build an engine. One command line carries the options of every engine, so an option another
+    engine takes is left out here; an option no engine takes is a mistake, refused by name."""
     name = name or default_engine()
-    opts = {k: v for k, v in options.items() if v is not None}
+    if name not in ENGINE_OPTIONS:
+        raise ValueError(f"unknown engine '{name}'; choose one of {', '.join(ENGINES)}")
+    known = set().union(*ENGINE_OPTIONS.values())
+    unknown = sorted(k for k in options if k not in known)
+    if unknown:
+        raise ValueError(f"make_engine: no engine takes {', '.join(unknown)} (vllm: "
+                         f"{', '.join(sorted(ENGINE_OPTIONS['vllm']))}; transformers: "
+                         f"{', '.join(sorted(ENGINE_OPTIONS['transformers']))}; openai: "
+                         f"{', '.join(sorted(ENGINE_OPTIONS['openai']))})")
+    opts = {k: v for k, v in options.items() if v is not None and k in ENGINE_OPTIONS[name]}
     if name == "vllm":
         from lrpipe.engines.vllm_engine import VLLMEngine
 
-        keep = {"tensor_parallel_size", "pipeline_parallel_size", "dtype", "max_model_len", "gpu_memory_utilization",
-                "enforce_eager", "max_num_seqs", "max_inflight", "seed", "enable_prefix_caching", "limit_mm_per_prompt"}
-        return VLLMEngine(model, **{k: v for k, v in opts.items() if k in keep})
+        return VLLMEngine(model, **opts)
     if name == "transformers":
         from lrpipe.engines.hf import TransformersEngine
 
-        keep = {"batch_size", "dtype", "device", "max_model_len"}
-        return TransformersEngine(model, **{k: v for k, v in opts.items() if k in keep})
-    if name == "openai":
-        from lrpipe.engines.openai_engine import OpenAIEngine
+        return TransformersEngine(model, **opts)
+    from lrpipe.engines.openai_engine import OpenAIEngine
 
-        keep = {"base_url", "api_key", "max_concurrency", "timeout", "served_model", "tokenizer", "api",
-                "json_format"}
-        return OpenAIEngine(model, **{k: v for k, v in opts.items() if k in keep})
-    raise ValueError(f"unknown engine '{name}'; choose one of {', '.join(ENGINES)}")
+    return OpenAIEngine(model, **opts)

@@ -41,6 +41,9 @@ def click_command(words: list[str]) -> Any:
         if sub is None:
             return None
         cmd = sub
+    default = getattr(cmd, "default_command", None)  # a group that runs one of its commands by default
+    if getattr(cmd, "commands", None) and default:
+        cmd = cmd.commands[default]
     return None if getattr(cmd, "commands", None) else cmd
 
 

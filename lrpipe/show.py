@@ -1,4 +1,5 @@
-"""Human-readable manifests (``pipe show``) and dataset cards (``pipe push``)."""
+"""``pipe show``: a shard directory's manifest in human form (counts, reasons, mixture and packing
+tables, the first packed row decoded). Dataset cards are in :mod:`lrpipe.hub`, pages in :mod:`lrpipe.page`."""
 
 from __future__ import annotations
 
