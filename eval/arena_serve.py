@@ -33,6 +33,7 @@ import os
 import queue
 import random
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,6 +161,10 @@ class _Battle:
     conv: list[list[dict[str, str]]] = field(default_factory=lambda: [[], []])
     turns: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    started: float = field(default_factory=time.time)
+
+
+STALE_S = 24 * 3600
 
 
 def sanitize(text: str) -> str:
@@ -187,6 +192,11 @@ class ArenaService:
         if self.store.votes_by(participant) >= self.cfg.votes_per_participant:
             raise ArenaError("Thank you! You have reached the number of votes for one session.")
         with self.lock:
+            # battles left without a vote (a closed tab) are forgotten after a day; they stay 'open' in the
+            # store and never count as votes
+            stale = [k for k, b in self.battles.items() if time.time() - b.started > STALE_S]
+            for k in stale:
+                self.battles.pop(k, None)
             counts = self.store.pair_counts(list(self.endpoints))
             pending: dict[tuple[str, str], int] = {}
             for b in self.battles.values():
