@@ -56,29 +56,41 @@ def format_manifest(m: dict[str, Any], path: str, units: bool = False) -> str:
     return "\n".join(lines)
 
 
-def format_mix(plan: dict[str, Any], stats: dict[str, Any]) -> list[str]:
-    """The mixture table: per source and language, requested quantity and share, realized rows and
-    tokens with their shares (realized = what the finished units hold)."""
+def mix_rows(plan: dict[str, Any], stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """The mixture per source: requested quantity and share, realized rows and tokens with their shares
+    (realized = what the finished units hold), and rows and tokens per language. ``pipe show`` prints
+    it, ``pipe report`` draws it."""
     rows_total = sum(v for k, v in stats.items() if k.startswith("rows:") and k.count(":") == 1)
     tok_total = sum(v for k, v in stats.items() if k.startswith("tokens:") and k.count(":") == 1)
-    lines = [f"  mixture   {plan.get('name')}  seed {plan.get('seed')}  tokenizer {plan.get('tokenizer')}",
-             f"    {'source':<22s} {'requested':>22s} {'req. share':>10s} {'rows':>12s} {'row share':>9s} "
-             f"{'tokens':>14s} {'tok share':>9s}"]
+    out = []
     for e in plan.get("sources", []):
         name = e["name"]
         kind, q = next(iter(e["requested"].items()))
-        req_share = e.get("requested_share", {}).get(kind)
-        r = stats.get(f"rows:{name}", 0)
-        tk = stats.get(f"tokens:{name}", 0)
-        lines.append(f"    {name:<22s} {f'{q:,.0f} {kind}':>22s} "
+        r, tk = stats.get(f"rows:{name}", 0), stats.get(f"tokens:{name}", 0)
+        out.append({"source": name, "requested": f"{q:,.0f} {kind}", "requested_share": e.get("requested_share", {}).get(kind),
+                    "rows": r, "row_share": r / rows_total if rows_total else 0.0, "tokens": tk,
+                    "token_share": tk / tok_total if tok_total else 0.0,
+                    "languages": {lang: stats.get(f"rows:{name}:{lang}", 0) for lang in e.get("by_language", {})},
+                    "language_tokens": {lang: stats.get(f"tokens:{name}:{lang}", 0) for lang in e.get("by_language", {})},
+                    "parallel": e.get("parallel")})
+    return out
+
+
+def format_mix(plan: dict[str, Any], stats: dict[str, Any]) -> list[str]:
+    """The mixture table of :func:`mix_rows` as text."""
+    lines = [f"  mixture   {plan.get('name')}  seed {plan.get('seed')}  tokenizer {plan.get('tokenizer')}",
+             f"    {'source':<22s} {'requested':>22s} {'req. share':>10s} {'rows':>12s} {'row share':>9s} "
+             f"{'tokens':>14s} {'tok share':>9s}"]
+    for m in mix_rows(plan, stats):
+        r, tk, req_share = m["rows"], m["tokens"], m["requested_share"]
+        lines.append(f"    {m['source']:<22s} {m['requested']:>22s} "
                      f"{(f'{req_share:.2%}' if req_share is not None else '-'):>10s} {r:>12,} "
-                     f"{(r / rows_total if rows_total else 0):>9.2%} {tk:>14,} "
-                     f"{(tk / tok_total if tok_total else 0):>9.2%}")
-        for lang in e.get("by_language", {}):
-            lr, lt = stats.get(f"rows:{name}:{lang}", 0), stats.get(f"tokens:{name}:{lang}", 0)
+                     f"{m['row_share']:>9.2%} {tk:>14,} {m['token_share']:>9.2%}")
+        for lang, lr in m["languages"].items():
+            lt = m["language_tokens"][lang]
             lines.append(f"      {lang:<20s} {'':>22s} {'':>10s} {lr:>12,} {(lr / r if r else 0):>9.2%} {lt:>14,} "
                          f"{(lt / tk if tk else 0):>9.2%}")
-        par = e.get("parallel")
+        par = m["parallel"]
         if par:
             extra = ", ".join(f"{k} {v:,}" for k, v in par.items() if k.startswith("only_"))
             lines.append(f"      swap: target share {par['target_share']:.4f} (requested {par['target_share_requested']}) "

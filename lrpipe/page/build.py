@@ -17,7 +17,7 @@ from typing import Any
 
 import jinja2
 
-from lrpipe import __version__
+from lrpipe import __version__, show
 from lrpipe.errors import InputError
 from lrpipe.page import charts
 from lrpipe.page import collect as c
@@ -31,19 +31,8 @@ def _pct(n: float, d: float) -> float:
 
 
 def mix_rows(stage: dict[str, Any]) -> list[dict[str, Any]]:
-    plan, st = stage.get("mix") or {}, stage["stats"]
-    rows_total = sum(v for k, v in st.items() if k.startswith("rows:") and k.count(":") == 1)
-    tok_total = sum(v for k, v in st.items() if k.startswith("tokens:") and k.count(":") == 1)
-    out = []
-    for e in plan.get("sources", []):
-        name = e["name"]
-        kind, q = next(iter(e["requested"].items()))
-        r, t = st.get(f"rows:{name}", 0), st.get(f"tokens:{name}", 0)
-        langs = {lang: st.get(f"rows:{name}:{lang}", 0) for lang in e.get("by_language", {})}
-        out.append({"source": name, "requested": f"{q:,.0f} {kind}", "requested_share": e.get("requested_share", {}).get(kind),
-                    "rows": r, "row_share": _pct(r, rows_total), "tokens": t, "token_share": _pct(t, tok_total),
-                    "languages": langs, "parallel": e.get("parallel")})
-    return out
+    """A mix stage's table (:func:`lrpipe.show.mix_rows`, the one ``pipe show`` prints)."""
+    return show.mix_rows(stage.get("mix") or {}, stage["stats"])
 
 
 def _pack(stage: dict[str, Any]) -> dict[str, Any] | None:

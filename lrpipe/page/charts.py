@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from lrpipe.page.collect import num_key  # noqa: E402
 from lrpipe.profile import LENGTH_EDGES, RATIO_EDGES  # noqa: E402
 
 STYLE = {"svg.fonttype": "none", "svg.hashsalt": "lrpipe", "font.size": 8, "axes.titlesize": 9,
@@ -122,7 +123,7 @@ def facets(stage: dict[str, Any]) -> Any | None:
         return None
     fig, ax = _new(3.0 * len(names) + 0.5, 2.5, ncols=len(names))
     for a, n in zip(ax[0], names):
-        keys = sorted(set(kf.get(n, {})) | set(rf.get(n, {})), key=_num_key)
+        keys = sorted(set(kf.get(n, {})) | set(rf.get(n, {})), key=num_key)
         k = [kf.get(n, {}).get(x, 0) for x in keys]
         r = [rf.get(n, {}).get(x, 0) for x in keys]
         xs = range(len(keys))
@@ -132,13 +133,6 @@ def facets(stage: dict[str, Any]) -> Any | None:
         a.set_title(n)
     ax[0][0].legend(fontsize=7, frameon=False)
     return fig
-
-
-def _num_key(s: str) -> tuple[int, float | str]:
-    try:
-        return 0, float(s)
-    except ValueError:
-        return 1, s
 
 
 def _short(v: str) -> str:
@@ -226,7 +220,7 @@ def by_facet(stage: dict[str, Any], facet: str) -> Any | None:
         series = {k.split("=", 1)[1]: v for k, v in kept[n].items() if k.startswith(f"{facet}=")}
         used = [j for v in series.values() for j, c in enumerate(v) if c]
         lo, hi = (min(used), max(used) + 1) if used else (0, len(LENGTH_EDGES))
-        for i, (val, counts) in enumerate(sorted(series.items(), key=lambda kv: _num_key(kv[0]))):
+        for i, (val, counts) in enumerate(sorted(series.items(), key=lambda kv: num_key(kv[0]))):
             tot = sum(counts) or 1
             a.plot(range(lo, hi), [c / tot for c in counts[lo:hi]], marker="o", ms=2.5, lw=1,
                    color=plt.get_cmap("viridis")(i / max(1, len(series) - 1)), label=val)

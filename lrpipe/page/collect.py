@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lrpipe.errors import InputError
-from lrpipe.profile import LENGTH_EDGES, RATIO_EDGES, unit_profile
+from lrpipe.profile import unit_profile
 from lrpipe.shards import ShardDir, read_arrow
 
 PRUNE = {"checkpoints", "tensorboard", "final", "wandb", "__pycache__", ".work", "data", "rejected", "units",
@@ -168,12 +168,13 @@ def heat_map(stages: list[dict[str, Any]]) -> dict[str, Any] | None:
     _add(planned, first["rejected"].get("facets", {}).get("category|temperature", {}))
     kept = last["kept"]["facets"]["category|temperature"]
     cats = sorted({k.split("|")[0] for k in planned})
-    temps = sorted({k.split("|")[1] for k in planned}, key=_num_key)
+    temps = sorted({k.split("|")[1] for k in planned}, key=num_key)
     cells = {k: (kept.get(k, 0), n) for k, n in planned.items()}
     return {"categories": cats, "temperatures": temps, "cells": cells, "first": first["name"], "last": last["name"]}
 
 
-def _num_key(s: str) -> tuple[int, float | str]:
+def num_key(s: str) -> tuple[int, float | str]:
+    """Facet values in reading order: numbers by value (0.8 before 1.2), then the rest by name."""
     try:
         return 0, float(s)
     except ValueError:
@@ -210,10 +211,6 @@ def _detector() -> Any:
         return FastTextLID176()
     except Exception:  # noqa: BLE001 - the page then shows no language chart
         return None
-
-
-def hist_edges(kind: str) -> list[float]:
-    return RATIO_EDGES if kind == "ratio" else LENGTH_EDGES
 
 
 # ---------------------------------------------------------------------------------- training
